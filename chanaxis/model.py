@@ -1,0 +1,116 @@
+"""The `Model` contract: a LayerGraph of analysed layers plus a runner that captures and masks them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+
+import networkx as nx
+import numpy as np
+
+LAYER_KINDS = ("conv", "dwconv", "gconv", "linear")
+
+
+@dataclass
+class Layer:
+    """One channel-bearing layer that chanaxis analyses (METHOD §1)."""
+
+    name: str
+    kind: str  # conv | dwconv | gconv | linear (channels-last pointwise, e.g. ConvNeXt MLP hidden units)
+    c_in: int
+    c_out: int
+    groups: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    out_hw: tuple[int, int]
+    depth: int  # execution order among analysed layers
+    layout: str = "nchw"  # how the layer's own output tensor is laid out: nchw | nhwc
+    norm: str = "none"  # the normalisation that follows: bn (per channel) | ln (mixes channels) | none
+    norm_module: str | None = None
+    mask_at: str | None = None  # module whose output a lesion mask multiplies (METHOD §6)
+    consumers: list[str] = field(default_factory=list)
+    group: np.ndarray | None = None  # coupling group id of each output channel (residual adds tie channels)
+
+    @property
+    def macs_per_channel(self) -> int:
+        """Multiply-accumulates per output channel for one image."""
+        kh, kw = self.kernel
+        h, w = self.out_hw
+        return int(kh * kw * (self.c_in // self.groups) * h * w)
+
+    @property
+    def macs(self) -> int:
+        return self.macs_per_channel * self.c_out
+
+
+class LayerGraph:
+    """Analysed layers in execution order, as a networkx DiGraph (edge = producer feeds consumer).
+
+    `other_macs` holds the MACs of conv/linear modules that are not analysed (the classifier, convs with
+    fewer than 4 outputs), so `total_macs` is the whole network's count.
+    """
+
+    def __init__(self, layers: Iterable[Layer], filters: Mapping[str, np.ndarray], other_macs: Mapping[str, int],
+                 folded_bn: bool = False):
+        self.g = nx.DiGraph()
+        self._filters = dict(filters)
+        self.other_macs = dict(other_macs)
+        self.folded_bn = folded_bn
+        for layer in sorted(layers, key=lambda l: l.depth):
+            self.g.add_node(layer.name, layer=layer)
+        for layer in self.layers:
+            for c in layer.consumers:
+                if c in self.g:
+                    self.g.add_edge(layer.name, c)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [self.g.nodes[n]["layer"] for n in self.g.nodes]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.g.nodes)
+
+    def __getitem__(self, name: str) -> Layer:
+        return self.g.nodes[name]["layer"]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.g
+
+    def __len__(self) -> int:
+        return self.g.number_of_nodes()
+
+    def filters(self, name: str) -> np.ndarray:
+        """The layer's filters as (c_out, c_in/groups, kh, kw) float32 (linear: (c_out, c_in, 1, 1))."""
+        return self._filters[name]
+
+    @property
+    def analysed_macs(self) -> int:
+        return sum(l.macs for l in self.layers)
+
+    @property
+    def total_macs(self) -> int:
+        return self.analysed_macs + sum(self.other_macs.values())
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What an adapter returns. See DESIGN.md: `graph`, `run`, declared capabilities."""
+
+    graph: LayerGraph
+    num_classes: int
+    input_size: tuple[int, int, int]
+    spec: dict[str, Any]
+    capabilities: frozenset[str]  # subset of {"gradients", "run_from", "train_step"}
+
+    def run(self, batch, capture: Iterable[str] | Mapping[str, Callable] | None = None,
+            masks: Mapping[str, Any] | None = None):
+        """Forward `batch` (N×3×H×W float). Returns (logits, {layer: captured}).
+
+        `capture`: layer names (the full pre-normalisation output, N×C×H×W, copied) or a mapping
+        layer → reducer applied at once to that output (N×C×H×W view, before any in-place op can touch it).
+        `masks`: layer → (C,) or (K, C) multipliers applied where METHOD §6 silences a channel; with a
+        leading K, the batch runs as K variants and logits come back as K×N×classes.
+        """
+        ...
+
+    def weights_sha256(self) -> str: ...

@@ -1,0 +1,110 @@
+"""The run store: one zarr v3 group per run, opened as a lazy xarray.DataTree.
+
+Layout (DESIGN.md): `/` attrs (provenance, config, stage status), `/samples`, `/layers/<layer>`, `/graph`, and one
+node per later stage. Stage status lives in the root attrs as {stage: "running" | "done"}; a stage is only marked
+done after everything it writes is on disk, so a killed stage is never reported as finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from . import __version__
+from .errors import ChanaxisError
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool = False) -> zarr.Group:
+    """Open `path` for writing a run made with `config`; refuse a store made with another config."""
+    path = Path(path)
+    config = _jsonable(config)
+    if path.exists():
+        try:
+            root = zarr.open_group(str(path), mode="r+")
+            old = root.attrs.get("config")
+        except Exception:  # noqa: BLE001 - not a zarr group at all
+            old = None
+            if any(path.iterdir()) and not overwrite:
+                raise ChanaxisError(f"'{path}' exists and is not a chanaxis run store; choose another --out or pass "
+                                    "--overwrite to replace it") from None
+        if old is not None and old != config and not overwrite:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ChanaxisError(f"'{path}' holds a run made with another config (differs in: {', '.join(diff)}); "
+                                "use another --out, the same options, or --overwrite to replace it")
+        if overwrite or old is None:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            return root
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        root = zarr.open_group(str(path), mode="w")
+    except OSError as e:
+        raise ChanaxisError(f"cannot write the run store at '{path}' ({e.strerror}); choose a writable --out") from None
+    root.attrs.update({"chanaxis_version": __version__, "config": config, "status": {}})
+    return root
+
+
+def set_status(root: zarr.Group, stage: str, state: str) -> None:
+    status = dict(root.attrs.get("status", {}))
+    status[stage] = state
+    root.attrs["status"] = status
+
+
+def status(path: str | Path) -> dict[str, str]:
+    return dict(open_group(path).attrs.get("status", {}))
+
+
+def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+    path = Path(path)
+    if not path.exists():
+        raise ChanaxisError(f"no run store at '{path}'; create one with `chanaxis capture MODEL --dataset D --out {path}`")
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except Exception:  # noqa: BLE001
+        raise ChanaxisError(f"'{path}' is not a chanaxis run store (no zarr group there)") from None
+
+
+def open_run(path: str | Path) -> xr.DataTree:
+    """The whole store as a lazy DataTree (dask arrays, nothing read until computed)."""
+    open_group(path)
+    return xr.open_datatree(str(path), engine="zarr", consolidated=False, chunks={})
+
+
+def write_dataset(root: zarr.Group, node: str, ds: xr.Dataset) -> None:
+    """Write a small, fully computed dataset as one node (replacing it)."""
+    if node in root:
+        del root[node]
+    ds.to_zarr(root.store, group=node, mode="w", consolidated=False, zarr_format=3)
+
+
+def new_array(group: zarr.Group, name: str, shape, dims, dtype, chunks=None, attrs=None, compress=False):
+    return group.create_array(name, shape=tuple(shape), chunks=tuple(chunks or shape), dtype=dtype,
+                              dimension_names=list(dims), compressors="auto" if compress else None,
+                              fill_value="" if dtype is str else 0, attributes=attrs or {}, overwrite=True)
+
+
+def ensure_writable(path: str | Path) -> None:
+    parent = Path(path).resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise ChanaxisError(f"cannot write the run store at '{path}': '{probe}' is not writable; choose another --out")
+
+
+def layer_node(name: str) -> str:
+    return f"layers/{name}"
+
+
+def to_numpy(a) -> np.ndarray:
+    return np.asarray(a[...])
