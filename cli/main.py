@@ -116,7 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace a store made with another config")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_capture)
+
+    # each later stage registers its own subcommand from its own module: register(subparsers)
+    import importlib
+    for mod in COMMAND_MODULES:
+        importlib.import_module(f"chanaxis.cli.{mod}").register(sub)
     return p
+
+
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv=None) -> int:

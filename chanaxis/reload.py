@@ -1,0 +1,40 @@
+"""Reopen what a run store was made from: the model (same weights) and the dataset splits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import store
+from .errors import ChanaxisError
+from .registry import load_model
+
+
+def run_config(path: str | Path) -> dict:
+    return dict(store.open_group(path).attrs["config"])
+
+
+def model_from_store(path: str | Path, device: str = "cpu", model=None):
+    """The model the store was captured with; its weight hash must match the stored one."""
+    cfg = run_config(path)
+    spec = dict(cfg["model"])
+    if model is None:
+        source = spec.get("source") or spec.get("name")
+        if spec.get("adapter") == "torch":
+            raise ChanaxisError(f"'{path}' was captured from a Python nn.Module; pass the same module again "
+                                "(model=...) to reload it")
+        kwargs = {k: spec[k] for k in ("num_classes", "image_size", "pretrained", "checkpoint", "init_seed")
+                  if spec.get(k) is not None}
+        model = load_model(source, device=device, **kwargs)
+    if model.weights_sha256() != cfg["weights_sha256"]:
+        raise ChanaxisError(f"the model's weights differ from those captured in '{path}' (sha256 mismatch); "
+                            "has the checkpoint file changed? Capture again into a new --out")
+    return model
+
+
+def dataset_from_store(path: str | Path, split: str | None = None, transform: str = "eval"):
+    """The dataset of the store; `split=None` gives the split captured, "eval" the card's evaluation split."""
+    from .data import load_dataset
+    cfg = run_config(path)
+    d = cfg["dataset"]
+    spec = cfg["model"]
+    return load_dataset(d["name"], split=split or d["split"], root=d.get("root"), transform=transform,
+                        image_size=spec.get("image_size") or spec.get("input_size", [3, None, None])[1])
