@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 from .errors import ChanaxisError  # noqa: E402
 from .registry import load_model  # noqa: E402
 from .store import open_run  # noqa: E402
+from . import accessor as _accessor  # noqa: E402,F401  (registers ds.chanaxis)
 
 
 def load_dataset(*args, **kwargs):
@@ -16,4 +17,9 @@ def capture(*args, **kwargs):
     return _capture(*args, **kwargs)
 
 
-__all__ = ["ChanaxisError", "load_model", "load_dataset", "capture", "open_run", "__version__"]
+def metrics(*args, **kwargs):
+    from .stages.metrics import metrics as _metrics
+    return _metrics(*args, **kwargs)
+
+
+__all__ = ["metrics", "ChanaxisError", "load_model", "load_dataset", "capture", "open_run", "__version__"]

@@ -77,13 +77,25 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
 def open_run(path: str | Path) -> xr.DataTree:
     """The whole store as a lazy DataTree (dask arrays, nothing read until computed)."""
     open_group(path)
-    return xr.open_datatree(str(path), engine="zarr", consolidated=False, chunks={})
+    tree = xr.open_datatree(str(path), engine="zarr", consolidated=False, chunks={})
+    # coordinates are small (one value per channel, image or sample): in memory they can index and select
+    # (`m.where(m.layer == name, drop=True)`), while the data variables stay lazy
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        if ds.coords:
+            node.dataset = ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
+    return tree
 
 
 def write_dataset(root: zarr.Group, node: str, ds: xr.Dataset) -> None:
     """Write a small, fully computed dataset as one node (replacing it)."""
     if node in root:
         del root[node]
+    # variable-length strings: zarr v3 has a spec for them, not for numpy's fixed-width unicode
+    ds = ds.copy()
+    for k in list(ds.variables):
+        if ds[k].dtype.kind == "U":
+            ds[k] = ds[k].astype(object)
     ds.to_zarr(root.store, group=node, mode="w", consolidated=False, zarr_format=3)
 
 

@@ -230,13 +230,19 @@ def grad_cos(w, sigma_x, c) -> np.ndarray:
     w = np.asarray(w, np.float64).reshape(len(w), -1)
     a = w @ np.asarray(sigma_x, np.float64)  # Σ_X symmetric, so rows are Σ_X w_i
     c = np.asarray(c, np.float64).reshape(-1)
-    D = np.einsum("id,id->i", w, a)
-    b = w @ c
+    return grad_cos_vectors(a, np.broadcast_to(c, a.shape), np.einsum("id,id->i", w, a), w @ c)
+
+
+def grad_cos_vectors(a, c, D, b) -> np.ndarray:
+    """The same angle from per-channel vectors: a_i = Σ_X w_i = Cov(x, Y_i), c_i = Cov(x, T) over channel i's
+    own input patch (grouped convs see different inputs), D_i = Var(Y_i), b_i = Cov(Y_i, T)."""
+    a, c = np.asarray(a, np.float64), np.asarray(c, np.float64)
+    D, b = np.asarray(D, np.float64), np.asarray(b, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        g = c[None, :] - (b / D)[:, None] * a
+        g = c - (b / D)[:, None] * a
         na, ng = np.linalg.norm(a, axis=1), np.linalg.norm(g, axis=1)
         cos = np.abs(np.einsum("id,id->i", a, g)) / (na * ng)
-    scale = np.linalg.norm(c) + 1e-300
+    scale = np.linalg.norm(c, axis=1) + 1e-300
     return np.where((D > 0) & (na > 0) & (ng > 1e-12 * scale), np.minimum(cos, 1.0), np.nan)
 
 

@@ -1,0 +1,370 @@
+"""The metrics stage: METHOD §2–4 over a run store, written to `/metrics` and `/structure`.
+
+Layer moments are chunked dask reductions over `/layers/<layer>/local` (so they run threaded, or on a
+dask.distributed cluster when a scheduler address is given); everything after that works on C×C matrices.
+Each layer's results are written to `/metrics_parts/<layer>` as soon as they exist, so a killed run resumes at the
+first unfinished layer; `/metrics` is assembled from the parts at the end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .. import store
+from ..errors import ChanaxisError
+from ..metrics import local, peers, structure, target
+from ..metrics.stats import RHO_MAX, Moments
+from ..progress import progress_bar
+
+STAGES = ("local", "target", "structure")
+LOCAL_VARS = ("signal_power", "input_capture", "weight_norm_sq", "magnitude", "peer_overlap", "peer_r2_full",
+              "peer_r2_top8", "hull_size", "hull_score")
+TARGET_VARS = ("task_info", "redundancy_t", "synergy", "unique_t")
+# metrics entering the alignment (Spearman) matrices, local axis first
+ALIGN_LOCAL = ("input_capture", "peer_overlap", "weight_norm_sq", "peer_r2_full", "peer_r2_top8", "hull_score")
+ALIGN_TARGET = ("task_info", "redundancy_t", "synergy", "unique_t")
+UNITS = {
+    "signal_power": ("activation^2", "Var(Y_i) of the pre-norm output over local samples"),
+    "input_capture": ("nats", "1/2 log(1 + J_i / sigma0^2), sigma0^2 = median J over the layer"),
+    "weight_norm_sq": ("weight^2", "||w_i||^2"),
+    "magnitude": ("weight", "||w_i||_2"),
+    "peer_overlap": ("nats", "(1/C) sum_{j!=i} -1/2 log(1 - rho_ij^2)"),
+    "peer_r2_full": ("R^2", "E_i(all other channels), ridge lambda"),
+    "peer_r2_top8": ("R^2", "E_i(8 peers with largest |rho_ij|), ridge lambda"),
+    "hull_size": ("channels", "greedy forward selection until E_i(H) >= (1-eps) E_full or |H| = max"),
+    "hull_score": ("R^2 per channel", "E_full / max(1, |H_i|)"),
+    "task_info": ("nats", "max(0, -1/2 log(1 - rho_iT^2))"),
+    "redundancy_t": ("nats", "mean MMI RedT(i,j) = min(I(T;Y_i), I(T;Y_j)) over the candidates"),
+    "synergy": ("nats", "mean of the largest target-excess Syn(i,j) among the candidates"),
+    "unique_t": ("nats", "max(0, I(T;Y_i) - redundancy_t)"),
+    "grad_cos": ("|cos|", "|cos(Sigma_X w, g_T)|, Gaussian linear analysis"),
+}
+DEFAULTS = dict(lam=1e-3, hull_eps=0.05, hull_max=10, n_candidates=50, n_top_syn=10, k_clusters=4, n_init=10,
+                n_perm=200, keep_frac=0.10, n_null=5, modularity_max_channels=1024, n_triplets=2000,
+                geometry_images=1024, seed=0)
+
+
+# --------------------------------------------------------------------------- moments
+def _target_per_sample(tree_or_group, layer: str, mode: str) -> np.ndarray:
+    margin = np.asarray(tree_or_group["samples/margin"][...], np.float64)
+    img = np.asarray(tree_or_group[f"layers/{layer}/image_of_sample"][...])
+    return margin[img]
+
+
+def layer_moments(run, layer: str, scheduler=None) -> Moments:
+    """Moments of (Y, T) for one layer: float64 sums accumulated chunk by chunk with dask."""
+    grp = store.open_group(run)
+    if f"layers/{layer}" not in grp:
+        raise ChanaxisError(f"layer '{layer}' is not in the run store '{run}'")
+    arr = grp[f"layers/{layer}/local"]
+    Y = da.from_zarr(arr).astype(np.float64)
+    T = da.from_array(_target_per_sample(grp, layer, "match"), chunks=(Y.chunks[0],))
+    sums = (Y.sum(0), Y.T @ Y, T.sum(), (T * T).sum(), Y.T @ T)
+    kw = {"scheduler": scheduler} if scheduler is not None else {}
+    sy, syy, st, stt, syt = dask.compute(*sums, **kw)
+    return Moments.from_sums(Y.shape[0], sy, syy, st, stt, syt)
+
+
+# --------------------------------------------------------------------------- one layer
+def layer_metrics(m: Moments, weight: np.ndarray, only: Iterable[str], p: dict) -> dict[str, np.ndarray]:
+    """All per-channel metrics of one layer from its moments and filters."""
+    out: dict[str, np.ndarray] = {}
+    c = m.cov_yy.shape[0]
+    out["dead"] = m.dead
+    rho = m.rho_yy(RHO_MAX)
+    if "local" in only:
+        J = local.signal_power(m)
+        ix, sigma0 = local.input_capture(J)
+        out.update(signal_power=J, input_capture=ix, weight_norm_sq=local.weight_norm_sq(weight),
+                   magnitude=local.magnitude(weight), peer_overlap=local.peer_overlap(rho))
+        C = rho.copy()
+        np.fill_diagonal(C, 1.0)
+        e_full = peers.peer_r2_full(C, p["lam"])
+        hulls = peers.hull_all(C, eps=p["hull_eps"], max_size=p["hull_max"], lam=p["lam"], e_full=e_full)
+        out.update(peer_r2_full=e_full, peer_r2_top8=peers.peer_r2_topk(C, 8, p["lam"]),
+                   hull_size=hulls.size.astype(np.int64), hull_score=hulls.score,
+                   hull_members=_pad(hulls.members, p["hull_max"]))
+        a = np.abs(rho)
+        np.fill_diagonal(a, -1)
+        k = min(8, c - 1)
+        top8 = np.argsort(-a, axis=1, kind="stable")[:, :k]
+        out["top8_peers"] = _pad(top8, 8)
+        out["_sigma0_sq"] = np.asarray(sigma0)
+    if "target" in only:
+        tp = target.target_pairs(m, n_candidates=p["n_candidates"], n_top_syn=p["n_top_syn"])
+        out.update(task_info=tp.task_info, redundancy_t=tp.redundancy_t, synergy=tp.synergy, unique_t=tp.unique_t)
+        out["_tp"] = tp
+    return out
+
+
+def _pad(a: np.ndarray, width: int) -> np.ndarray:
+    a = np.asarray(a, np.int64)
+    if a.shape[1] >= width:
+        return a[:, :width]
+    return np.concatenate([a, np.full((a.shape[0], width - a.shape[1]), -1, np.int64)], axis=1)
+
+
+# --------------------------------------------------------------------------- the stage
+def metrics(run, only: Iterable[str] = STAGES, scheduler: str | None = None, workers: int | None = None,
+            progress: bool = True, model=None, **params) -> str:
+    """Fill `/metrics` and `/structure` of the run store at `run`; resumable; returns the path."""
+    only = tuple(only)
+    bad = [s for s in only if s not in STAGES]
+    if bad:
+        raise ChanaxisError(f"unknown metric group '{bad[0]}'; choose from {', '.join(STAGES)}")
+    unknown = [k for k in params if k not in DEFAULTS]
+    if unknown:
+        raise ChanaxisError(f"unknown metrics parameter '{unknown[0]}'; valid: {', '.join(DEFAULTS)}")
+    p = {**DEFAULTS, **params}
+    grp = store.open_group(run, mode="r+")
+    if grp.attrs.get("status", {}).get("capture") != "done":
+        raise ChanaxisError(f"'{run}' has no finished capture; run `chanaxis capture MODEL --dataset D --out {run}` "
+                            "first (rerun it to resume)")
+    if "structure" in only and not {"local", "target"} <= set(only):
+        only = tuple(dict.fromkeys(("local", "target") + only))  # structure needs both axes
+    sched = _scheduler(scheduler, workers)
+    cfg = {"only": list(only), **p}
+    prev = grp.attrs.get("metrics_config")
+    if prev is not None and prev != cfg and "metrics_parts" in grp:
+        del grp["metrics_parts"]  # parts computed with other parameters cannot be reused
+    grp.attrs["metrics_config"] = cfg
+    store.set_status(grp, "metrics", "running")
+    layers = list(grp["graph/layer"][...])
+    with progress_bar(progress) as bar:
+        task = bar.add_task("metrics", total=len(layers))
+        results = {}
+        for name in layers:
+            part = f"metrics_parts/{name}"
+            if part in grp and grp[part].attrs.get("done"):
+                results[name] = _read_part(run, name)
+            else:
+                m = layer_moments(run, name, scheduler=sched)
+                weight = np.asarray(grp[f"layers/{name}/weight"][...], np.float64)
+                res = layer_metrics(m, weight, only, p)
+                _write_part(grp, run, name, res, m)
+                results[name] = _read_part(run, name)
+            bar.update(task, advance=1)
+        ds = _assemble(grp, layers, results)
+        geometry = None
+        if "structure" in only:
+            geometry = _geometry(run, grp, layers, p, model, bar)
+            if geometry is not None:
+                ds["grad_cos"] = ("unit", np.concatenate([geometry[l] for l in layers]))
+                ds["grad_cos"].attrs = {"units": UNITS["grad_cos"][0], "estimator": UNITS["grad_cos"][1]}
+            struct = _structure(run, grp, layers, ds, p, bar)
+            ds["cluster_local"] = ("unit", struct.pop("_cluster_local"))
+            ds["cluster_target"] = ("unit", struct.pop("_cluster_target"))
+            if geometry is not None:
+                struct["grad_cos"] = ("layer", [float(np.nanmean(geometry[l])) if np.isfinite(geometry[l]).any()
+                                                else np.nan for l in layers], {"units": "|cos|", "description":
+                                                                               "layer mean of grad_cos"})
+        ds.attrs.update({"parameters": p, "rho_max": RHO_MAX, "var_floor": 1e-12, "target": "logit margin, match mode",
+                         "geometry": "computed" if geometry is not None else "skipped (model without gradients)"})
+        store.write_dataset(grp, "metrics", ds)
+        if "structure" in only:
+            sds = xr.Dataset(struct, coords={"layer": layers, "metric": list(ALIGN_LOCAL + ALIGN_TARGET),
+                                             "metric2": list(ALIGN_LOCAL + ALIGN_TARGET)})
+            sds.attrs.update({"parameters": p})
+            store.write_dataset(grp, "structure", sds)
+    store.set_status(grp, "metrics", "done")
+    return str(run)
+
+
+def _scheduler(address, workers):
+    if address:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise ChanaxisError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
+        return Client(address)
+    return "threads" if workers is None or workers > 1 else "synchronous"
+
+
+def _write_part(grp, run, name, res, m):
+    slot_dim = {"hull_members": "hull_slot", "top8_peers": "peer_slot"}
+    data = {k: (("channel", slot_dim[k]) if k in slot_dim else "channel", np.asarray(v))
+            for k, v in res.items() if not k.startswith("_")}
+    ds = xr.Dataset(data)
+    tp = res.get("_tp")
+    if tp is not None:  # pair-level results the structure analyses need
+        ds["candidates"] = (("channel", "candidate"), np.asarray(tp.candidates, np.int64))
+        ds["syn"] = (("channel", "candidate"), tp.syn)
+        ds["syn_partners"] = (("channel", "partner"), np.asarray(tp.syn_partners, np.int64))
+    if "_sigma0_sq" in res:
+        ds.attrs["sigma0_sq"] = float(res["_sigma0_sq"])
+    # moments kept so structure/replacement never recompute them
+    ds["cov_yy"] = (("channel", "channel2"), m.cov_yy)
+    ds["mean_y"] = ("channel", m.mean_y)
+    ds["cov_yt"] = ("channel", m.cov_yt)
+    ds.attrs.update({"n": m.n, "mean_t": m.mean_t, "var_t": m.var_t, "done": True})
+    store.write_dataset(grp, f"metrics_parts/{name}", ds)
+
+
+def _read_part(run, name) -> xr.Dataset:
+    return xr.open_zarr(str(run), group=f"metrics_parts/{name}", consolidated=False, zarr_format=3).load()
+
+
+def part_moments(part: xr.Dataset) -> Moments:
+    return Moments(part.attrs["n"], part["mean_y"].values, part["cov_yy"].values, part.attrs["mean_t"],
+                   part.attrs["var_t"], part["cov_yt"].values)
+
+
+def _assemble(grp, layers, results) -> xr.Dataset:
+    cols: dict[str, list] = {}
+    unit_layer, unit_channel, unit_group, unit_depth = [], [], [], []
+    for d, name in enumerate(layers):
+        part = results[name]
+        c = part.sizes["channel"]
+        unit_layer += [name] * c
+        unit_channel.append(np.arange(c))
+        unit_group.append(np.asarray(grp[f"layers/{name}/group"][...]))
+        unit_depth.append(np.full(c, d))
+        for k, v in part.data_vars.items():
+            if k in ("cov_yy", "mean_y", "cov_yt", "candidates", "syn", "syn_partners"):
+                continue
+            cols.setdefault(k, []).append(v.values)
+    ds = xr.Dataset(coords={"layer": ("unit", np.asarray(unit_layer, dtype=object)),
+                            "channel": ("unit", np.concatenate(unit_channel)),
+                            "group": ("unit", np.concatenate(unit_group)),
+                            "depth": ("unit", np.concatenate(unit_depth))})
+    for k, parts in cols.items():
+        arr = np.concatenate(parts)
+        dims = ("unit",) if arr.ndim == 1 else ("unit", "hull_slot" if k == "hull_members" else "peer_slot")
+        ds[k] = (dims, arr)
+        if k in UNITS:
+            ds[k].attrs = {"units": UNITS[k][0], "estimator": UNITS[k][1]}
+    if "hull_members" in ds:
+        ds["hull_members"].attrs = {"description": "hull peers (channel index within the layer), -1 padded"}
+    if "top8_peers" in ds:
+        ds["top8_peers"].attrs = {"description": "8 peers with largest |rho| (channel index), -1 padded"}
+    ds["dead"].attrs = {"description": "zero variance over the local samples: metrics take defined values"}
+    return ds
+
+
+# --------------------------------------------------------------------------- structure (METHOD §4)
+def _structure(run, grp, layers, ds, p, bar) -> dict:
+    names = list(ALIGN_LOCAL + ALIGN_TARGET)
+    n_layers = len(layers)
+    sp = np.full((n_layers, len(names), len(names)), np.nan)
+    tables = []
+    out = {k: np.full(n_layers, np.nan) for k in ("ari", "ari_null_mean", "ari_null_sd", "ari_p", "q_r",
+                                                  "q_r_null_mean", "q_r_null_sd", "q_s", "q_s_null_mean",
+                                                  "q_s_null_sd", "s3_s2", "modularity_channels")}
+    cl_local, cl_target = [], []
+    task = bar.add_task("structure", total=n_layers)
+    for li, name in enumerate(layers):
+        sel = ds.layer.values == name
+        table = {k: _settle(ds[k].values[sel]) for k in names}
+        tables.append(table)
+        if sel.sum() >= 3:
+            sp[li] = structure.spearman_matrix(table).rho
+        part = _read_part(run, name)
+        c = int(sel.sum())
+        k = min(p["k_clusters"], c)
+        a = structure.kmeans_groups(structure.local_features(table["input_capture"], table["peer_overlap"]), k,
+                                    p["n_init"], p["seed"])
+        b = structure.kmeans_groups(structure.target_features(table["task_info"], table["synergy"]), k,
+                                    p["n_init"], p["seed"])
+        cl_local.append(a)
+        cl_target.append(b)
+        r = structure.ari_with_null(a, b, n_perm=p["n_perm"], seed=p["seed"])
+        out["ari"][li], out["ari_null_mean"][li], out["ari_null_sd"][li], out["ari_p"][li] = r
+        m = part_moments(part)
+        # modularity on at most modularity_max_channels channels (chosen: networkx greedy modularity is
+        # super-linear, ~1-2 min per 3072-channel graph); the subset is seeded and recorded
+        keep = np.arange(c)
+        if c > p["modularity_max_channels"]:
+            keep = np.sort(np.random.default_rng(p["seed"]).choice(c, p["modularity_max_channels"], replace=False))
+        out["modularity_channels"][li] = len(keep)
+        R = structure_pairwise_mi(m)[np.ix_(keep, keep)]
+        S = _syn_matrix(part, c)[np.ix_(keep, keep)]
+        if len(keep) >= 4:
+            qr = structure.modularity(R, keep_frac=p["keep_frac"], seed=p["seed"], n_null=p["n_null"])
+            qs = structure.modularity(np.abs(S), keep_frac=p["keep_frac"], seed=p["seed"], n_null=p["n_null"])
+            out["q_r"][li], out["q_r_null_mean"][li], out["q_r_null_sd"][li] = qr[:3]
+            out["q_s"][li], out["q_s_null_mean"][li], out["q_s_null_sd"][li] = qs[:3]
+            out["s3_s2"][li] = structure.triplet_s3_s2(m, part["syn_partners"].values, n_triplets=p["n_triplets"],
+                                                       seed=p["seed"]).s3_s2
+        bar.update(task, advance=1)
+    mean, sd = structure.layer_mean_sd(sp)
+    pooled = structure.pooled_rank_spearman(tables)
+    labels, prop, n_edges = _propagation(grp, layers, ds)
+    res = {
+        "spearman": (("layer", "metric", "metric2"), sp, {"description": "within-layer Spearman between metrics"}),
+        "spearman_mean": (("metric", "metric2"), mean, {"description": "mean over layers"}),
+        "spearman_sd": (("metric", "metric2"), sd, {"description": "s.d. over layers"}),
+        "spearman_pooled": (("metric", "metric2"), pooled.rho,
+                            {"description": "Spearman of within-layer percentile ranks pooled over layers"}),
+        "propagation": ("axis_pair", prop, {"description": "mean over producer->consumer edges of Spearman("
+                                                           "influence-weighted upstream metric, downstream metric)",
+                                            "edges": n_edges}),
+        "axis_pair": ("axis_pair", labels),
+        "_cluster_local": np.concatenate(cl_local),
+        "_cluster_target": np.concatenate(cl_target),
+    }
+    res.update({k: ("layer", v) for k, v in out.items()})
+    return res
+
+
+def _settle(x: np.ndarray, digits: int = 9) -> np.ndarray:
+    """Round to `digits` significant digits of the layer's scale: values that differ only by the summation order
+    of the chunked reductions become exact ties, so ranks (Spearman, k-means) do not depend on the chunking."""
+    x = np.asarray(x, np.float64)
+    scale = np.nanmax(np.abs(x)) if np.isfinite(x).any() else 0.0
+    if not scale:
+        return x
+    q = scale * 10.0 ** -digits
+    return np.round(x / q) * q
+
+
+def structure_pairwise_mi(m: Moments) -> np.ndarray:
+    return target.pairwise_mi(m.rho_yy(RHO_MAX), RHO_MAX)
+
+
+def _syn_matrix(part, c) -> np.ndarray:
+    """|Syn(i,j)| over each channel's candidate pairs, symmetrised by the larger of the two directions."""
+    S = np.zeros((c, c))
+    cand, syn = part["candidates"].values, part["syn"].values
+    if cand.size:
+        rows = np.repeat(np.arange(c), cand.shape[1])
+        np.maximum.at(S, (rows, cand.reshape(-1)), np.abs(syn.reshape(-1)))
+    return np.maximum(S, S.T)
+
+
+def _propagation(grp, layers, ds):
+    """METHOD §4 (chosen): influence A_ji = ||W_{j,i}||_1 sigma_i along every producer → analysed consumer edge."""
+    pairs = [("input_capture", "input_capture"), ("task_info", "task_info"), ("input_capture", "task_info"),
+             ("task_info", "input_capture")]
+    labels = ["local->local", "target->target", "local->target", "target->local"]
+    src = [str(x) for x in grp["graph/edge_src"][...]]
+    dst = [str(x) for x in grp["graph/edge_dst"][...]]
+    by_layer = {n: ds.layer.values == n for n in layers}
+    rhos = []
+    for s, d in zip(src, dst):
+        if not s or d not in by_layer:
+            continue
+        gd = grp[f"layers/{d}"].attrs
+        c_up = int(by_layer[s].sum())
+        if gd["c_in"] != c_up:
+            continue
+        W = np.asarray(grp[f"layers/{d}/weight"][...], np.float64).reshape(gd["c_out"], gd["c_in"] // gd["groups"],
+                                                                           -1)
+        sigma = np.sqrt(ds["signal_power"].values[by_layer[s]])
+        A = structure.influence(W, sigma, groups=gd["groups"])
+        up = {k: ds[k].values[by_layer[s]] for k in ("input_capture", "task_info")}
+        down = {k: ds[k].values[by_layer[d]] for k in ("input_capture", "task_info")}
+        pr = structure.propagation(up, down, A)
+        rhos.append([pr.rho[pr.names_up.index(u), pr.names_down.index(v)] for u, v in pairs])
+    rho = np.nanmean(np.asarray(rhos), axis=0) if rhos else np.full(4, np.nan)
+    return labels, rho, len(rhos)
+
+
+# --------------------------------------------------------------------------- gradient geometry (METHOD §4)
+def _geometry(run, grp, layers, p, model, bar):
+    from .geometry import geometry_pass
+    return geometry_pass(run, grp, layers, p, model, bar)
