@@ -124,11 +124,14 @@ def capture(model, dataset: str | Any, out: str | Path, split: str = "train", ro
 
 
 def _reducer(pos: torch.Tensor):
+    rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
+
     def reduce(t: torch.Tensor):
         b, c = t.shape[:2]
         flat = t.reshape(b, c, -1)
-        local = flat.gather(2, pos[:, None, :].expand(b, c, pos.shape[1]))  # gather copies: safe from in-place ops
-        return local.permute(0, 2, 1).reshape(-1, c), flat.float().mean(2)
+        # advanced indexing copies at once, so later in-place ops (ReLU, residual +=) cannot reach these samples
+        local = flat.transpose(1, 2)[rows, pos].reshape(-1, c)
+        return local, flat.float().mean(2)
     return reduce
 
 

@@ -1,0 +1,107 @@
+"""Rich terminal tables answering the paper's questions from `summary.summarize`."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _n(x, fmt="{:+.2f}", unit=""):
+    return "—" if x is None else fmt.format(x) + unit
+
+
+def render(summary: dict, console: Console | None = None) -> None:
+    c = console or Console()
+    cfg = summary.get("config", {})
+    model = cfg.get("model", {})
+    ds = cfg.get("dataset", {})
+    c.rule(f"[bold]chanaxis report[/] — {model.get('name', '?')} on {ds.get('name', '?')}")
+    line = [f"{summary.get('images', '?')} calibration images"]
+    if summary.get("calibration_accuracy_pct") is not None:
+        line.append(f"calibration accuracy {summary['calibration_accuracy_pct']:.1f} %")
+    if summary.get("total_macs"):
+        line.append(f"{summary['total_macs'] / 1e6:.1f} M MACs per image")
+    if summary.get("layers"):
+        line.append(f"{summary['layers']} analysed layers")
+    c.print(", ".join(line))
+    if "preset" in summary:
+        c.print("preset: " + ", ".join(f"{k}={v}" for k, v in summary["preset"].items()))
+
+    if "alignment" in summary:
+        a = summary["alignment"]
+        t = Table(title="(1) Are the axes weakly aligned? Spearman ρ between channel metrics, within layers")
+        for col in ("comparison", "layer mean |ρ|", "pooled-rank |ρ|", "pairs"):
+            t.add_column(col, justify="right" if col != "comparison" else "left")
+        for key, label in (("within_local", "within the local axis"), ("within_target", "within the target axis"),
+                           ("cross", "across the axes")):
+            b = a[key]
+            t.add_row(label, _n(b["mean_abs_rho"], "{:.2f}"), _n(b["pooled_mean_abs_rho"], "{:.2f}"),
+                      str(b["pairs"]))
+        h = a["ix_vs_it"]
+        t.add_row("I_X vs I(T;Y) (signed)", f"{_n(h['mean'])} ± {_n(h['sd'], '{:.2f}')}", _n(h["pooled"]), "1")
+        c.print(t)
+    if "groupings" in summary:
+        g = summary["groupings"]
+        c.print(f"(2) Do they group channels differently? k-means ARI local vs target partitions: "
+                f"mean {_n(g['ari_mean'], '{:.3f}')} vs label-permutation null {_n(g['ari_null_mean'], '{:.3f}')}; "
+                f"{g['layers_above_null_p05']}/{g['layers']} layers above the null at p < 0.05 "
+                "(ARI 1 = the same grouping, 0 = unrelated)")
+    if "trajectory" in summary:
+        tr = summary["trajectory"]
+        if tr.get("coupling_init") is not None:
+            c.print(f"(3) Did they separate in training? layer-mean Spearman I_X vs I(T;Y): "
+                    f"{_n(tr['coupling_init'])} at epoch {tr['checkpoints'][0]} → {_n(tr['coupling_end'])} at epoch "
+                    f"{tr['checkpoints'][-1]}")
+    else:
+        c.print("(3) Did they separate in training? — no trajectory in this run (needs training checkpoints)")
+    if "lesion" in summary:
+        _lesion(c, summary["lesion"])
+    if "pruning" in summary:
+        _pruning(c, summary["pruning"])
+    if "by_depth" in summary:
+        t = Table(title="By depth: modularity Q_R (peer-overlap graph) and Q_S (synergy graph), S3/S2, grad_cos")
+        for col in ("layer", "Q_R", "Q_S", "S3/S2", "grad_cos |cos|", "ARI"):
+            t.add_column(col, justify="left" if col == "layer" else "right")
+        for r in summary["by_depth"]:
+            t.add_row(r["layer"], _n(r.get("q_r"), "{:.3f}"), _n(r.get("q_s"), "{:.3f}"), _n(r.get("s3_s2"), "{:.2f}"),
+                      _n(r.get("grad_cos"), "{:.3f}"), _n(r.get("ari"), "{:.3f}"))
+        c.print(t)
+    if summary.get("propagation"):
+        p = summary["propagation"]
+        c.print("Cross-layer propagation (Spearman of influence-weighted prediction): " +
+                ", ".join(f"{k} {_n(v)}" for k, v in p.items()))
+
+
+def _lesion(c, les: dict) -> None:
+    t = Table(title="(4) Which metric predicts lesion damage? Spearman(score, −damage), layer mean / within bins "
+                    "of I(T;Y)")
+    t.add_column("metric")
+    t.add_column("across channels", justify="right")
+    t.add_column("within I(T;Y) bins", justify="right")
+    pred = les.get("predictor_spearman_mean", {})
+    within = les.get("within_bin_rho", {})
+    for k in sorted(set(pred) | set(within), key=lambda k: -(within.get(k) or -9)):
+        t.add_row(k, _n(pred.get(k)), _n(within.get(k)))
+    c.print(t)
+    parts = [f"mean damage {_n(les.get('damage_loss_mean_nats'), '{:.4f}', ' nats')}"]
+    for k, label in (("recovery_median", "hull peers"), ("recovery_top8_median", "top-8 peers"),
+                     ("recovery_mean_ablation_median", "mean ablation"), ("recovery_random_median", "random peers")):
+        if k in les:
+            parts.append(f"{label} {_n(les[k] * 100 if les[k] is not None else None, '{:.0f}', ' %')}")
+    c.print("Peer replacement, median recovery of the lesion damage: " + ", ".join(parts))
+
+
+def _pruning(c, pr: dict) -> None:
+    aucs = {k: v for k, v in pr.items() if k.startswith("auc")}
+    if aucs:
+        t = Table(title="(5) Which axis prunes better at matched MACs? AUC = mean accuracy (%) over the common "
+                        "MACs-reduction interval")
+        t.add_column("method")
+        for k in aucs:
+            t.add_column(k.replace("auc_", "") or "auc", justify="right")
+        methods = list(next(iter(aucs.values())))
+        for m in methods:
+            t.add_row(m, *[_n(aucs[k].get(m), "{:.1f}", " %") for k in aucs])
+        c.print(t)
+    for k, v in pr.items():
+        if k.startswith("diff_"):
+            c.print(f"{k}: {v}")
