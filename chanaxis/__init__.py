@@ -22,4 +22,29 @@ def metrics(*args, **kwargs):
     return _metrics(*args, **kwargs)
 
 
-__all__ = ["metrics", "ChanaxisError", "load_model", "load_dataset", "capture", "open_run", "__version__"]
+def lesion(*args, **kwargs):
+    from .interventions.lesion import lesion as _lesion
+    return _lesion(*args, **kwargs)
+
+
+def prune(*args, **kwargs):
+    from .interventions.prune import prune as _prune
+    return _prune(*args, **kwargs)
+
+
+def train(*args, **kwargs):
+    from .training import train as _train
+    return _train(*args, **kwargs)
+
+
+def trajectory(*args, **kwargs):
+    from .stages.trajectory import trajectory as _trajectory
+    return _trajectory(*args, **kwargs)
+
+
+def analyze(*args, **kwargs):
+    from .stages.analyze import analyze as _analyze
+    return _analyze(*args, **kwargs)
+
+
+__all__ = ["metrics", "lesion", "prune", "train", "trajectory", "analyze", "ChanaxisError", "load_model", "load_dataset", "capture", "open_run", "__version__"]

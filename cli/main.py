@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMAND_MODULES: list[str] = ["metrics_cmd"]
+COMMAND_MODULES: list[str] = ["metrics_cmd", "report_cmd"]
 
 
 def main(argv=None) -> int:

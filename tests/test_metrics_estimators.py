@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from chanaxis.metrics import local, peers, structure, target
-from chanaxis.metrics.stats import Moments
+from chanaxis.estimators import local, peers, structure, target
+from chanaxis.estimators.stats import Moments
 
 
 def gaussian_moments(cov):

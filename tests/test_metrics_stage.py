@@ -7,7 +7,7 @@ import zarr
 
 import chanaxis
 from chanaxis.errors import ChanaxisError
-from chanaxis.metrics.structure import grad_cos
+from chanaxis.estimators.structure import grad_cos
 from chanaxis.stages.metrics import layer_moments, metrics
 
 FAST = dict(n_null=1, n_perm=20, n_triplets=200, geometry_images=64)

@@ -71,7 +71,7 @@ def pruning_curves(p, out: Path) -> Path:
             ax.axis("off")
             continue
         acc = p[var]
-        macs = p["macs_retained_pct"] if "macs_retained_pct" in p else p["macs_retained"]
+        macs = p["macs_retained_pct"]
         for method in p["method"].values:
             a, mr = acc.sel(method=method), macs.sel(method=method)
             if "seed" in a.dims:
@@ -79,7 +79,7 @@ def pruning_curves(p, out: Path) -> Path:
             if "seed" in mr.dims:
                 mr = mr.mean("seed")
             ax.plot(mr.values, a.values, marker="o", ms=3, label=str(method))
-        ax.set_xlabel("MACs retained (%)" if "macs_retained_pct" in p else "MACs retained")
+        ax.set_xlabel("MACs retained (%)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(var.replace("acc_", "accuracy, "))
         ax.invert_xaxis()
@@ -94,11 +94,9 @@ def trajectory(t, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ep = t["checkpoint"].values
     c = t["coupling_ix_it"]
-    if "layer" in c.dims:
-        for layer in c["layer"].values:
-            ax.plot(ep, c.sel(layer=layer).values, color="0.8", lw=0.8)
-        c = c.mean("layer")
-    ax.plot(ep, c.values, color="C0", lw=2, marker="o", label="layer mean")
+    for k in range(c.sizes["layer"]):
+        ax.plot(ep, c.isel(layer=k).values, color="0.8", lw=0.8)
+    ax.plot(ep, t["coupling_ix_it_mean"].values, color="C0", lw=2, marker="o", label="layer mean")
     ax.set_xlabel("epoch")
     ax.set_ylabel("Spearman ρ, I_X vs I(T;Y)")
     ax.set_title("coupling of the two axes during training")
@@ -110,15 +108,15 @@ def trajectory(t, out: Path) -> Path:
 
 
 def lesion_predictors(summary_lesion: dict, out: Path) -> Path:
-    pred = summary_lesion.get("predictor_spearman_mean", {})
-    within = summary_lesion.get("within_bin_rho", {})
+    pred = summary_lesion.get("spearman_layer_mean", {})
+    within = summary_lesion.get("within_bin_pooled", {})
     names = sorted(set(pred) | set(within))
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 4))
     ax.bar(x - 0.2, [pred.get(n) or 0 for n in names], 0.4, label="across channels")
     ax.bar(x + 0.2, [within.get(n) or 0 for n in names], 0.4, label="within I(T;Y) bins")
     ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("Spearman(score, −damage)")
+    ax.set_ylabel("Spearman(score, damage)")
     ax.axhline(0, color="k", lw=0.5)
     ax.legend()
     ax.set_title("which metric predicts lesion damage")
@@ -138,7 +136,7 @@ def write_all(run: str | Path, summary: dict) -> list[Path]:
         written.append(spearman_matrix(tree["structure"].to_dataset().compute(), d / "spearman_matrix.png"))
     if "pruning" in tree.children:
         written.append(pruning_curves(tree["pruning"].to_dataset().compute(), d / "pruning_curves.png"))
-    if "trajectory" in tree.children and "coupling_ix_it" in tree["trajectory"].to_dataset():
+    if "trajectory" in tree.children and "coupling_ix_it_mean" in tree["trajectory"].to_dataset():
         written.append(trajectory(tree["trajectory"].to_dataset().compute(), d / "trajectory.png"))
     if "lesion" in summary:
         written.append(lesion_predictors(summary["lesion"], d / "lesion_predictors.png"))

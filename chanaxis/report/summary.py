@@ -88,52 +88,69 @@ def summarize(path: str | Path) -> dict:
         out["groupings"] = groupings(s)
         out["by_depth"] = by_depth(s)
         out["propagation"] = {str(k): _f(v) for k, v in zip(s["axis_pair"].values, s["propagation"].values)}
-    for node, fn in (("trajectory", _trajectory), ("lesion", _lesion), ("pruning", _pruning)):
-        if node in tree.children:
-            out[node] = fn(tree[node].to_dataset().compute())
+    if "trajectory" in tree.children:
+        out["trajectory"] = _trajectory(tree["trajectory"].to_dataset().compute())
+    if "lesion" in tree.children and "damage_loss" in tree["lesion"].to_dataset():
+        pred = tree["lesion/predictors"].to_dataset().compute() if "predictors" in tree["lesion"].children else None
+        out["lesion"] = _lesion(tree["lesion"].to_dataset().compute(), pred)
+    if "pruning" in tree.children and "auc_mean" in tree["pruning"].to_dataset():
+        out["pruning"] = _pruning(tree["pruning"].to_dataset().compute())
     if "preset" in tree.attrs:
         out["preset"] = tree.attrs["preset"]
     return out
 
 
 def _trajectory(t) -> dict:
-    res = {"checkpoints": [int(c) for c in t["checkpoint"].values]}
-    if "coupling_ix_it" in t:
-        c = t["coupling_ix_it"]
-        c = c.mean("layer") if "layer" in c.dims else c
-        res["coupling_ix_it"] = [_f(v) for v in c.values]
+    res: dict = {"checkpoints": [int(c) for c in t["checkpoint"].values]}
+    if "coupling_ix_it_mean" in t:
+        res["coupling_ix_it"] = [_f(v) for v in t["coupling_ix_it_mean"].values]
         res["coupling_init"], res["coupling_end"] = res["coupling_ix_it"][0], res["coupling_ix_it"][-1]
-    for v in ("accuracy", "eval_accuracy", "calibration_accuracy"):
-        if v in t and t[v].dims == ("checkpoint",):
+    for v in ("eval_acc", "calibration_acc", "grad_cos_mean"):
+        if v in t:
             res[v] = [_f(x) for x in t[v].values]
+    if "rank_stability_mean" in t and "axis" in t.coords:
+        axis = np.asarray([str(a) for a in t["axis"].values])
+        rs = t["rank_stability_mean"].values
+        for ax in ("local", "target"):
+            res[f"rank_stability_{ax}"] = [_f(np.nanmean(row[axis == ax])) for row in rs]
     return res
 
 
-def _lesion(ds) -> dict:
-    res: dict = {"units": int(ds.sizes.get("unit", 0))}
-    if "damage_loss" in ds:
-        res["damage_loss_mean_nats"] = _f(np.nanmean(ds["damage_loss"].values))
-    for v in ("recovery", "recovery_top8", "recovery_mean_ablation", "recovery_random"):
+def _lesion(ds, pred=None) -> dict:
+    res: dict = {"units": int(ds.sizes.get("unit", 0)),
+                 "damage_loss_mean_nats": _f(np.nanmean(ds["damage_loss"].values)),
+                 "damage_acc_mean_pct": _f(np.nanmean(ds["damage_acc"].values))}
+    for v in ("recovery", "recovery_top8", "recovery_mean_ablation", "recovery_random_peer"):
         if v in ds:
             res[f"{v}_median"] = _f(np.nanmedian(ds[v].values))
-    for name in ("predictor_spearman_mean", "within_bin_rho"):
-        if name in ds:
-            var = ds[name]
-            dim = var.dims[0]
-            res[name] = {str(k): _f(v) for k, v in zip(ds[dim].values, var.values)}
+    if pred is not None:
+        names = [str(m) for m in pred["metric"].values]
+        res["spearman_layer_mean"] = dict(zip(names, [_f(v) for v in pred["spearman_layer_mean"].values]))
+        res["within_bin_pooled"] = dict(zip(names, [_f(v) for v in pred["within_bin_pooled"].values]))
+        scope = [str(x) for x in pred["r2_scope"].values]
+        if "pooled" in scope:
+            k = scope.index("pooled")
+            res["peer_support_delta_r2"] = _f(pred["delta_r2"].values[k])
+            res["peer_support_delta_r2_p"] = _f(pred["delta_r2_p"].values[k])
+            res["peer_support"] = list(pred.attrs.get("peer_support", []))
     return res
 
 
 def _pruning(ds) -> dict:
-    res: dict = {}
-    for v in ("auc_oneshot", "auc_finetuned", "auc"):
-        if v in ds:
-            var = ds[v]
-            if "seed" in var.dims:
-                var = var.mean("seed")
-            res[v] = {str(k): _f(x) for k, x in zip(ds["method"].values, var.values)}
-    for v in ds.data_vars:
-        if v.startswith("diff_"):
-            res[v] = {str(k): _f(x) for k, x in zip(ds[v].dims and ds[ds[v].dims[0]].values or [], ds[v].values)} \
-                if ds[v].ndim == 1 else _f(ds[v].values)
+    regimes = [str(r) for r in ds["regime"].values]
+    methods = [str(m) for m in ds["method"].values]
+    res: dict = {"methods": methods, "axis": [str(a) for a in ds["axis"].values],
+                 "base_accuracy_pct": _f(ds["base_accuracy"].values),
+                 "auc_interval": {r: [_f(x) for x in ds["auc_interval"].values[i]] for i, r in enumerate(regimes)},
+                 "auc": {r: dict(zip(methods, [_f(x) for x in ds["auc_mean"].values[i]]))
+                         for i, r in enumerate(regimes)},
+                 "contrasts": {}}
+    for i, r in enumerate(regimes):
+        res["contrasts"][r] = {
+            str(c): {"mean": _f(ds["contrast_mean"].values[i, j]), "ci_low": _f(ds["contrast_ci_low"].values[i, j]),
+                     "ci_high": _f(ds["contrast_ci_high"].values[i, j])}
+            for j, c in enumerate(ds["contrast"].values)}
+        res.setdefault("best_local", {})[r] = str(ds["best_local"].values[i])
+        res.setdefault("best_target", {})[r] = str(ds["best_target"].values[i])
+    res["seeds"] = [int(x) for x in ds["seed"].values]
     return res

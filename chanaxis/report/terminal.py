@@ -51,6 +51,14 @@ def render(summary: dict, console: Console | None = None) -> None:
             c.print(f"(3) Did they separate in training? layer-mean Spearman I_X vs I(T;Y): "
                     f"{_n(tr['coupling_init'])} at epoch {tr['checkpoints'][0]} → {_n(tr['coupling_end'])} at epoch "
                     f"{tr['checkpoints'][-1]}")
+            t = Table(title="trajectory: coupling and rank stability against the last checkpoint (Spearman)")
+            for col in ("epoch", "I_X vs I(T;Y)", "local ranks", "target ranks", "eval accuracy"):
+                t.add_column(col, justify="right")
+            for k, ep in enumerate(tr["checkpoints"]):
+                t.add_row(str(ep), _n(tr["coupling_ix_it"][k]), _n((tr.get("rank_stability_local") or [None] * 99)[k]),
+                          _n((tr.get("rank_stability_target") or [None] * 99)[k]),
+                          _n((tr.get("eval_acc") or [None] * 99)[k], "{:.1f}", " %"))
+            c.print(t)
     else:
         c.print("(3) Did they separate in training? — no trajectory in this run (needs training checkpoints)")
     if "lesion" in summary:
@@ -72,36 +80,59 @@ def render(summary: dict, console: Console | None = None) -> None:
 
 
 def _lesion(c, les: dict) -> None:
-    t = Table(title="(4) Which metric predicts lesion damage? Spearman(score, −damage), layer mean / within bins "
-                    "of I(T;Y)")
+    t = Table(title="(4) Which metric predicts lesion damage? Spearman(score, damage), layer mean, and within 5 "
+                    "bins of I(T;Y) (Fisher-z pooled); positive = a high score marks a channel the network needs")
     t.add_column("metric")
     t.add_column("across channels", justify="right")
     t.add_column("within I(T;Y) bins", justify="right")
-    pred = les.get("predictor_spearman_mean", {})
-    within = les.get("within_bin_rho", {})
-    for k in sorted(set(pred) | set(within), key=lambda k: -(within.get(k) or -9)):
+    pred = les.get("spearman_layer_mean", {})
+    within = les.get("within_bin_pooled", {})
+    order = sorted(set(pred) | set(within), key=lambda k: -abs(within.get(k) or 0))
+    for k in order:
         t.add_row(k, _n(pred.get(k)), _n(within.get(k)))
     c.print(t)
-    parts = [f"mean damage {_n(les.get('damage_loss_mean_nats'), '{:.4f}', ' nats')}"]
+    parts = [f"{les['units']} lesions, mean damage {_n(les.get('damage_loss_mean_nats'), '{:.4f}', ' nats')} "
+             f"({_n(les.get('damage_acc_mean_pct'), '{:+.2f}', ' % accuracy')})"]
+    c.print(parts[0])
+    rec = []
     for k, label in (("recovery_median", "hull peers"), ("recovery_top8_median", "top-8 peers"),
-                     ("recovery_mean_ablation_median", "mean ablation"), ("recovery_random_median", "random peers")):
-        if k in les:
-            parts.append(f"{label} {_n(les[k] * 100 if les[k] is not None else None, '{:.0f}', ' %')}")
-    c.print("Peer replacement, median recovery of the lesion damage: " + ", ".join(parts))
+                     ("recovery_mean_ablation_median", "mean ablation (control)"),
+                     ("recovery_random_peer_median", "random peers (control)")):
+        if les.get(k) is not None:
+            rec.append(f"{label} {les[k] * 100:.0f} %")
+    if rec:
+        c.print("Peer replacement, median recovery of the lesion damage: " + ", ".join(rec))
+    if les.get("peer_support_delta_r2") is not None:
+        c.print(f"Peer support ({', '.join(les.get('peer_support', []))}) adds ΔR² = "
+                f"{les['peer_support_delta_r2']:.3f} over (I_X, I(T;Y)) in predicting damage "
+                f"(p = {_n(les.get('peer_support_delta_r2_p'), '{:.3g}')})")
 
 
 def _pruning(c, pr: dict) -> None:
-    aucs = {k: v for k, v in pr.items() if k.startswith("auc")}
-    if aucs:
-        t = Table(title="(5) Which axis prunes better at matched MACs? AUC = mean accuracy (%) over the common "
-                        "MACs-reduction interval")
-        t.add_column("method")
-        for k in aucs:
-            t.add_column(k.replace("auc_", "") or "auc", justify="right")
-        methods = list(next(iter(aucs.values())))
-        for m in methods:
-            t.add_row(m, *[_n(aucs[k].get(m), "{:.1f}", " %") for k in aucs])
-        c.print(t)
-    for k, v in pr.items():
-        if k.startswith("diff_"):
-            c.print(f"{k}: {v}")
+    regimes = list(pr["auc"])
+    t = Table(title="(5) Which axis prunes better at matched MACs? AUC = mean accuracy (%) over the MACs-reduction "
+                    "interval every method covers, mean over seeds")
+    t.add_column("method")
+    t.add_column("axis")
+    for r in regimes:
+        lo, hi = pr["auc_interval"][r]
+        t.add_column(f"{r} AUC ({_n(lo and lo * 100, '{:.0f}')}–{_n(hi and hi * 100, '{:.0f}')} % MACs removed)",
+                     justify="right")
+    for m, ax in zip(pr["methods"], pr["axis"]):
+        t.add_row(m, ax, *[_n(pr["auc"][r].get(m), "{:.1f}", " %") for r in regimes])
+    c.print(t)
+    t = Table(title=f"paired AUC differences in AUC points (%), over seeds {pr['seeds']}, with percentile "
+                    "bootstrap 95% CI")
+    t.add_column("contrast")
+    for r in regimes:
+        t.add_column(r, justify="right")
+    contrasts = list(pr["contrasts"][regimes[0]])
+    for k in contrasts:
+        cells = []
+        for r in regimes:
+            d = pr["contrasts"][r][k]
+            cells.append(f"{_n(d['mean'], '{:+.2f}')} [{_n(d['ci_low'], '{:+.2f}')}, {_n(d['ci_high'], '{:+.2f}')}]")
+        label = k.replace("best_local", f"best local ({pr['best_local'][regimes[0]]})").replace(
+            "best_target", f"best target ({pr['best_target'][regimes[0]]})")
+        t.add_row(label.replace("-", " − "), *cells)
+    c.print(t)

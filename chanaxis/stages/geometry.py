@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..metrics.structure import grad_cos_vectors
+from ..estimators.structure import grad_cos_vectors
 
 
 class _Acc:

@@ -17,8 +17,8 @@ import xarray as xr
 
 from .. import store
 from ..errors import ChanaxisError
-from ..metrics import local, peers, structure, target
-from ..metrics.stats import RHO_MAX, Moments
+from ..estimators import local, peers, structure, target
+from ..estimators.stats import RHO_MAX, Moments
 from ..progress import progress_bar
 
 STAGES = ("local", "target", "structure")
