@@ -24,7 +24,7 @@ class Layer:
     out_hw: tuple[int, int]
     depth: int  # execution order among analysed layers
     layout: str = "nchw"  # how the layer's own output tensor is laid out: nchw | nhwc
-    norm: str = "none"  # the normalisation that follows: bn (per channel) | ln (mixes channels) | none
+    norm: str = "none"  # what follows: bn (per channel) | bn_folded (ONNX: BN folded into the layer) | ln | none
     norm_module: str | None = None
     mask_at: str | None = None  # module whose output a lesion mask multiplies (METHOD §6)
     consumers: list[str] = field(default_factory=list)

@@ -37,7 +37,12 @@ def _open_model_and_data(a):
 def _device(name: str) -> str:
     if name.startswith("cuda"):
         import torch
-        if not torch.cuda.is_available():
+        try:  # an ONNX model runs on onnxruntime-gpu even where torch has no CUDA
+            import onnxruntime
+            ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        except ImportError:
+            ort_cuda = False
+        if not torch.cuda.is_available() and not ort_cuda:
             from chanaxis.errors import ChanaxisError
             raise ChanaxisError("--device cuda was asked for but no CUDA GPU is available here; use --device cpu")
     elif name != "cpu":
@@ -124,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMAND_MODULES: list[str] = ["metrics_cmd", "report_cmd"]
+COMMAND_MODULES: list[str] = ["metrics_cmd", "train_cmd", "trajectory_cmd", "lesion_cmd", "prune_cmd",
+                              "analyze_cmd", "report_cmd"]
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,283 @@
+"""Lesion and pruning masks (METHOD §6–7) and analytic MACs from the channels a mask leaves alive.
+
+A lesion mask is what `Model.run(masks=...)` applies: a (K, C) batch of multipliers at `layer.mask_at`.
+A pruning plan turns per-layer keep vectors into *effective* masks with METHOD §7's rules — a masked channel on a
+residual branch adds 0 (the stream channel lives while any producer keeps it, so shortcut convs keep their
+inputs), depthwise/grouped convs follow the mask of their input channels, MobileNetV2 prunes only pointwise convs —
+and counts MACs from the effective kept input and output channels of every conv and linear module.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..model import LayerGraph
+
+INPUT, OPAQUE = "<input>", "<opaque>"  # the image; a tensor whose channels cannot be traced back (cat, LN, ...)
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+_CAT = {torch.cat, torch.concat, torch.stack, "cat"}
+EFFICIENTNET_POINTWISE = ("conv_pw", "conv_pwl", "conv_head")
+
+
+def lesion_variants(c_out: int, channels) -> np.ndarray:
+    """(K, C) float32 masks, row k silencing channels[k] only."""
+    channels = np.asarray(channels, np.intp).reshape(-1)
+    m = np.ones((len(channels), c_out), np.float32)
+    m[np.arange(len(channels)), channels] = 0.0
+    return m
+
+
+@dataclass
+class ModuleInfo:
+    name: str
+    c_in: int
+    c_out: int
+    groups: int
+    macs: int  # MACs per image with every channel kept
+
+
+@dataclass
+class Dataflow:
+    """For every conv/linear module, in execution order: which modules produce the channels it reads."""
+
+    order: list[str]
+    info: dict[str, ModuleInfo]
+    sources: dict[str, frozenset[str]]
+    traced: bool  # False: read from the LayerGraph alone (analysed layers only; other modules counted in full)
+
+
+def dataflow(model) -> Dataflow:
+    module = getattr(model, "module", None)
+    graph: LayerGraph = model.graph
+    if isinstance(module, nn.Module):
+        try:
+            return _traced_dataflow(module, graph, model.input_size, getattr(model, "device", "cpu"))
+        except Exception:  # noqa: BLE001 - an untraceable model still gets the graph-only accounting
+            pass
+    info = {l.name: ModuleInfo(l.name, l.c_in, l.c_out, l.groups, l.macs) for l in graph.layers}
+    producers = {l.name: [p.name for p in graph.layers if l.name in p.consumers] for l in graph.layers}
+    sources = {n: frozenset(p or [INPUT]) for n, p in producers.items()}
+    return Dataflow(graph.names, info, sources, traced=False)
+
+
+def _traced_dataflow(module: nn.Module, graph: LayerGraph, input_size, device) -> Dataflow:
+    import torch.fx as fx
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from ..torch_graph import _BN_TYPES, _LN_TYPES, trace
+
+    gm = fx.GraphModule(module, trace(module))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros((1, *input_size), device=device))
+    finally:
+        module.train(was_training)
+    mods = dict(module.named_modules())
+    own_norm = {l.norm_module: l.name for l in graph.layers if l.norm_module and l.norm == "bn"}
+    src: dict = {}
+    order, info, sources = [], {}, {}
+
+    def of(args) -> frozenset[str]:
+        out: set[str] = set()
+        for a in _flatten(args):
+            if isinstance(a, fx.Node):
+                out |= src.get(a, frozenset())
+        return frozenset(out)
+
+    def shape(n):
+        meta = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            src[node] = frozenset([INPUT])
+        elif node.op == "get_attr":
+            src[node] = frozenset([OPAQUE])
+        elif node.op == "call_module":
+            m = mods[node.target]
+            ins = of(node.args)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                name = node.target
+                order.append(name)
+                sources[name] = ins
+                if name in graph:
+                    l = graph[name]
+                    info[name] = ModuleInfo(name, l.c_in, l.c_out, l.groups, l.macs)
+                elif name in graph.other_macs:
+                    c_in, c_out, groups = ((m.in_channels, m.out_channels, m.groups) if isinstance(m, nn.Conv2d)
+                                           else (m.in_features, m.out_features, 1))
+                    info[name] = ModuleInfo(name, c_in, c_out, groups, graph.other_macs[name])
+                src[node] = frozenset([name])
+            elif node.target in own_norm and ins == {own_norm[node.target]}:
+                src[node] = ins  # the layer's own BN: the mask sits right after it
+            elif isinstance(m, _BN_TYPES + _LN_TYPES):
+                src[node] = frozenset([OPAQUE])  # a zero channel leaves a norm as β (BN) or mixed (LN)
+            else:
+                src[node] = ins
+        elif node.op in ("call_function", "call_method"):
+            if node.target in _CAT:
+                src[node] = frozenset([OPAQUE])
+            elif node.target in _MUL:
+                out_shape = shape(node)
+                full = [a for a in node.args if isinstance(a, fx.Node) and shape(a) == out_shape]
+                # a broadcast gate (squeeze-excite) scales channels but never brings a silenced one back
+                src[node] = of(full) if full else of(node.args)
+            else:
+                src[node] = of((node.args, node.kwargs))
+    return Dataflow(order, info, sources, traced=True)
+
+
+def _flatten(obj):
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _flatten(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _flatten(o)
+    else:
+        yield obj
+
+
+def prunable_layers(graph: LayerGraph) -> list[str]:
+    """Layers whose channels a pruning score may remove (METHOD §7).
+
+    timm's EfficientNet family (MobileNetV2: `conv_pw`/`conv_pwl`) prunes only its pointwise convs. Elsewhere every
+    dense conv and channels-last linear whose output is not followed by a channel-mixing norm: a mask before a
+    LayerNorm cannot stand for removing the channel, since LayerNorm would re-centre the zero.
+    Depthwise and grouped convs are never scored: they follow their inputs (so a conv whose mask would reach a
+    LayerNorm through them is not pruned either: ConvNeXt prunes its MLP hidden units).
+    """
+    names = graph.names
+    if any(n.rsplit(".", 1)[-1] == "conv_pwl" for n in names):
+        return [n for n in names if n.rsplit(".", 1)[-1] in EFFICIENTNET_POINTWISE and graph[n].kind == "conv"]
+
+    def reaches_ln(name) -> bool:  # through the depthwise/grouped convs that would follow its mask
+        return any(c in graph and graph[c].kind in ("dwconv", "gconv") and (graph[c].norm == "ln" or reaches_ln(c))
+                   for c in graph[name].consumers)
+    return [l.name for l in graph.layers if l.kind in ("conv", "linear") and l.norm != "ln" and not reaches_ln(l.name)]
+
+
+@dataclass
+class Effective:
+    out_keep: dict[str, np.ndarray]  # analysed layer -> (C,) bool, after the follow rules
+    in_live: dict[str, np.ndarray]  # every conv/linear module -> (C_in,) bool
+    out_all: dict[str, np.ndarray]  # every conv/linear module -> (C_out,) bool
+
+
+class PruningPlan:
+    """Keep vectors of the prunable layers → effective masks, per-module live channels and analytic MACs."""
+
+    def __init__(self, model):
+        self.graph: LayerGraph = model.graph
+        self.flow = dataflow(model)
+        self.prunable = prunable_layers(self.graph)
+        self.followers = [l.name for l in self.graph.layers if l.kind in ("dwconv", "gconv")]
+
+    def effective(self, keep: dict[str, np.ndarray]) -> Effective:
+        bad = set(keep) - set(self.prunable)
+        if bad:
+            raise ValueError(f"not prunable: {sorted(bad)[:3]}")
+        out_all: dict[str, np.ndarray] = {}
+        in_live: dict[str, np.ndarray] = {}
+        for name in self.flow.order:
+            inf = self.flow.info.get(name)
+            if inf is None:
+                continue
+            live = np.zeros(inf.c_in, bool)
+            for s in self.flow.sources.get(name, frozenset([INPUT])):
+                prod = out_all.get(s)
+                live |= prod if prod is not None and prod.shape[0] == inf.c_in else True
+            in_live[name] = live
+            out = np.ones(inf.c_out, bool)
+            if name in keep:
+                out = np.asarray(keep[name], bool).copy()
+                if out.shape != (inf.c_out,):
+                    raise ValueError(f"keep vector of {name} has shape {out.shape}, expected ({inf.c_out},)")
+            elif name in self.followers:
+                g = inf.groups
+                group_alive = live.reshape(g, -1).any(1)
+                out = np.repeat(group_alive, inf.c_out // g)
+            out_all[name] = out
+        out_keep = {n: out_all[n] for n in self.graph.names if n in out_all}
+        return Effective(out_keep, in_live, out_all)
+
+    def masks(self, eff: Effective) -> dict[str, np.ndarray]:
+        """Run-time masks (float32) for the analysed layers that lose a channel."""
+        return {n: k.astype(np.float32) for n, k in eff.out_keep.items() if not k.all()}
+
+    def macs(self, eff: Effective | None = None) -> int:
+        """k_h·k_w·C_in,kept/groups·C_out,kept·H·W summed per group over every conv/linear (classifier included)."""
+        total = 0
+        for name, inf in self.flow.info.items():
+            per_pair = inf.macs / ((inf.c_in // inf.groups) * inf.c_out)
+            if eff is None or name not in eff.in_live:
+                kept = (inf.c_in // inf.groups) * inf.c_out
+            else:
+                g = inf.groups
+                kept = int((eff.in_live[name].reshape(g, -1).sum(1) * eff.out_all[name].reshape(g, -1).sum(1)).sum())
+            total += per_pair * kept
+        if not self.flow.traced:
+            total += sum(self.graph.other_macs.values())
+        return int(round(total))
+
+    @property
+    def full_macs(self) -> int:
+        return self.macs(None)
+
+    def n_prunable(self) -> int:
+        return sum(self.graph[n].c_out for n in self.prunable)
+
+
+@torch.no_grad()
+def zero_pruned(module: nn.Module, graph: LayerGraph, eff: Effective) -> None:
+    """Remove what the effective masks silence by editing weights: filter, bias, BN affine and running stats of
+    every silenced output channel, and the input slices that consumers read from dead channels.
+    Re-applied after every fine-tuning step, so pruned parameters stay exactly zero."""
+    mods = dict(module.named_modules())
+    for name, keep in eff.out_keep.items():
+        drop = torch.as_tensor(np.flatnonzero(~keep), dtype=torch.long)
+        if drop.numel() == 0:
+            continue
+        layer = graph[name]
+        m = mods[name]
+        m.weight[drop.to(m.weight.device)] = 0
+        if m.bias is not None:
+            m.bias[drop.to(m.bias.device)] = 0
+        if layer.norm == "bn":
+            bn = mods[layer.norm_module]
+            d = drop.to(bn.weight.device) if bn.weight is not None else drop
+            if bn.weight is not None:
+                bn.weight[d] = 0
+                bn.bias[d] = 0
+            if getattr(bn, "running_mean", None) is not None:
+                bn.running_mean[drop.to(bn.running_mean.device)] = 0
+                bn.running_var[drop.to(bn.running_var.device)] = 1
+    for name, live in eff.in_live.items():
+        dead = np.flatnonzero(~live)
+        m = mods.get(name)
+        if dead.size == 0 or m is None:
+            continue
+        w = m.weight  # conv (out, in/g, kh, kw) or linear (out, in)
+        groups = getattr(m, "groups", 1)
+        in_per, out_per = w.shape[1], w.shape[0] // groups
+        for c in dead:
+            g = c // in_per
+            w[g * out_per:(g + 1) * out_per, c % in_per] = 0
+
+
+def random_keep(plan: PruningPlan, fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """A keep vector per prunable layer silencing a random `fraction` of its channels (≥ 1 kept); for tests."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in plan.prunable:
+        c = plan.graph[n].c_out
+        k = np.ones(c, bool)
+        k[rng.choice(c, min(c - 1, int(round(fraction * c))), replace=False)] = False
+        out[n] = k
+    return out

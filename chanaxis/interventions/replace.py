@@ -1,0 +1,82 @@
+"""Peer replacement (METHOD §6, chosen): after lesioning channel i, feed Ŷ_i = β_Sᵀ Y_S + b at the hook point.
+
+β is a ridge fit on the calibration samples, from the layer's moments: on standardised channels (the same
+correlation-matrix ridge λ as the peer explanation E_i), rescaled to raw units, with b matching the means.
+An empty S gives b = μ_i, the mean ablation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..estimators.stats import VAR_FLOOR, Moments
+
+LAM = 1e-3
+
+
+def layer_moments(run, layer: str) -> Moments:
+    """The layer's calibration moments: the metrics stage's stored copy when present, else recomputed."""
+    from ..stages import metrics as stage
+    try:
+        import xarray as xr
+        part = xr.open_zarr(str(run), group=f"metrics_parts/{layer}", consolidated=False, zarr_format=3,
+                               chunks=None)
+        return stage.part_moments(part.load())
+    except Exception:  # noqa: BLE001 - parts are an optional cache of the metrics stage
+        return stage.layer_moments(run, layer)
+
+
+def ridge_peers(m: Moments, i: int, peers, lam: float = LAM) -> tuple[np.ndarray, float]:
+    """(β over `peers`, b) so that Ŷ_i = β·Y_peers + b."""
+    S = np.asarray([p for p in np.asarray(peers, np.intp).reshape(-1) if p >= 0 and p != i], np.intp)
+    mu = m.mean_y
+    if S.size == 0:
+        return np.zeros(0), float(mu[i])
+    sd = np.sqrt(np.maximum(m.var_y, VAR_FLOOR))
+    R = m.cov_yy / np.outer(sd, sd)
+    beta_std = np.linalg.solve(R[np.ix_(S, S)] + lam * np.eye(S.size), R[S, i])
+    beta = beta_std * sd[i] / sd[S]
+    return beta, float(mu[i] - beta @ mu[S])
+
+
+def replacement_matrix(m: Moments, targets, peer_sets, lam: float = LAM):
+    """For K variants: target channel (K,), dense β (K, C) and b (K,)."""
+    targets = np.asarray(targets, np.intp)
+    B = np.zeros((len(targets), m.n_channels), np.float32)
+    b = np.zeros(len(targets), np.float32)
+    for k, (i, S) in enumerate(zip(targets, peer_sets)):
+        beta, b[k] = ridge_peers(m, int(i), S, lam)
+        S = np.asarray([p for p in np.asarray(S, np.intp).reshape(-1) if p >= 0 and p != i], np.intp)
+        B[k, S] = beta
+    return targets, B, b
+
+
+def replacer(targets, B, b, layout: str = "nchw"):
+    """A function rewriting channel targets[k] of variant k in a raw layer output y (K·N rows)."""
+    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    B_t, b_t = torch.as_tensor(B), torch.as_tensor(b)
+
+    def fn(y: torch.Tensor, k: int) -> torch.Tensor:
+        s = y.shape
+        yk = y.reshape(k, s[0] // k, *s[1:])
+        Bd, bd, idx = B_t.to(y), b_t.to(y), targets.to(y.device)
+        ar = torch.arange(k, device=y.device)
+        if layout == "nhwc":
+            yhat = torch.einsum("kc,knhwc->knhw", Bd, yk) + bd[:, None, None, None]
+            yk[ar, :, :, :, idx] = yhat
+        else:
+            yhat = torch.einsum("kc,knchw->knhw", Bd, yk) + bd[:, None, None, None]
+            yk[ar, :, idx] = yhat
+        return yk.reshape(s)
+
+    return fn
+
+
+def random_peer_sets(sizes, c_out: int, targets, seed: int):
+    """A random peer set per target, of the given size, never containing the target itself."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, n in zip(targets, sizes):
+        pool = np.delete(np.arange(c_out), int(i))
+        out.append(rng.choice(pool, size=min(int(n), pool.size), replace=False))
+    return out
