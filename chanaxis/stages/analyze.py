@@ -21,15 +21,14 @@ STAGES = ("train", "capture", "metrics", "trajectory", "lesion", "prune", "repor
 # methods and levels); paper: METHOD.md's protocol. Every value is recorded in the store's attrs.
 PRESETS: dict[str, dict] = {
     "quick": {
-        "train": {"epochs": 8, "checkpoints": "0,1,2,4,8", "train_subset": 20000, "eval_subset": 2000},
+        "train": {"epochs": 5, "checkpoints": "0,1,3,5", "train_subset": 12000, "eval_subset": 2000},
         "capture": {"n_calibration": 1000, "spatial_samples": 16},
         "metrics": {"n_null": 2, "n_perm": 100, "n_triplets": 1000, "geometry_images": 512},
-        "trajectory": {"n_calibration": 500},
-        "lesion": {"fraction": 0.2, "eval_images": 1000},
-        "prune": {"methods": ["input_capture", "hull", "composite_local", "task_info", "composite_target",
-                              "magnitude", "random"],
-                  "levels": [0.2, 0.4, 0.6, 0.8], "finetune_epochs": 1, "finetune_batches": 25,
-                  "seeds": [42, 123], "eval_images": 1000, "n_resamples": 10000},
+        "trajectory": {"n_calibration": 400},
+        "lesion": {"fraction": 0.2, "eval_images": 400},
+        "prune": {"methods": ["input_capture", "hull", "task_info", "composite_target", "magnitude", "random"],
+                  "levels": [0.3, 0.5, 0.7], "finetune_epochs": 1, "finetune_batches": 10,
+                  "seeds": [42, 123], "eval_images": 500, "n_resamples": 10000},
     },
     "paper": {
         "train": {"epochs": None, "checkpoints": None, "train_subset": None, "eval_subset": None},
