@@ -15,7 +15,9 @@ import onnx
 from onnx import numpy_helper
 
 from chanaxis.errors import ChanaxisError
-from chanaxis.model import Layer, LayerGraph
+from networkx.utils import UnionFind
+
+from chanaxis.model import Layer, LayerGraph, assign_coupling_groups
 
 PRODUCERS = {"Conv", "MatMul", "Gemm"}
 _SHAPE_ONLY = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze"}
@@ -47,23 +49,6 @@ PASS_THROUGH = {
 # timm's classifier module names: modules under these are counted in MACs, never analysed (as the timm adapter does)
 HEAD_PREFIXES = ("fc", "head", "classifier", "pre_logits", "head_drop", "global_pool")
 _NAME_OK = re.compile(r"[^\w.\-]")
-
-
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[str, str] = {}
-
-    def find(self, a):
-        self.parent.setdefault(a, a)
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 @dataclass
@@ -300,7 +285,7 @@ def read(mp: onnx.ModelProto, path: str, image_size: int | None = None, min_chan
                             "chanaxis analyses convolutional networks")
     for d, layer in enumerate(layers):
         layer.depth = d
-    _couple(layers, w.uf)
+    assign_coupling_groups(layers, lambda name: w.uf[name])
     out_dims = shapes.get(output_name)
     if not out_dims or len(out_dims) != 2 or out_dims[1] is None:
         raise ChanaxisError(f"the output '{output_name}' of '{path}' is {out_dims}, not N×classes logits")
@@ -339,7 +324,7 @@ class _Walk:
     src: dict[str, frozenset[str]] = field(default_factory=dict)  # tensor → producers whose channels reach it
     consumers: dict[str, list[str]] = field(default_factory=dict)
     producers: dict[str, _Producer] = field(default_factory=dict)
-    uf: _UnionFind = field(default_factory=_UnionFind)
+    uf: UnionFind = field(default_factory=UnionFind)
 
 
 def _walk(r: _Reader, live: set[str]) -> _Walk:
@@ -420,19 +405,6 @@ def _layer(p: _Producer, out_shape, r: _Reader, og: OnnxGraph) -> Layer:
         layer.norm_module = mods[-1][0] if mods and "BatchNorm" in mods[-1][1] else None
     og.capture_tensor[name], og.mask_tensor[name], og.mask_layout[name] = p.out, mask_at, layout
     return layer
-
-
-def _couple(layers: list[Layer], uf: _UnionFind) -> None:
-    """Channel c of every layer in one residual union shares one coupling id (as torch_graph numbers them)."""
-    members: dict[str, list[Layer]] = {}
-    for layer in layers:
-        members.setdefault(uf.find(layer.name), []).append(layer)
-    next_id = 0
-    for group_layers in members.values():
-        width = max(l.c_out for l in group_layers)
-        for layer in group_layers:
-            layer.group = next_id + np.arange(layer.c_out)
-        next_id += width
 
 
 def _as_producer(n, r: _Reader, live, weight_uses, unique) -> _Producer | None:

@@ -92,6 +92,19 @@ class LayerGraph:
         return self.analysed_macs + sum(self.other_macs.values())
 
 
+def assign_coupling_groups(layers: list[Layer], root_of: Callable[[str], Any]) -> None:
+    """Channel c of every layer in one residual union (same `root_of(name)`) shares one coupling id."""
+    members: dict[Any, list[Layer]] = {}
+    for layer in layers:
+        members.setdefault(root_of(layer.name), []).append(layer)
+    next_id = 0
+    for group_layers in members.values():
+        width = max(l.c_out for l in group_layers)
+        for layer in group_layers:
+            layer.group = next_id + np.arange(layer.c_out)
+        next_id += width
+
+
 @runtime_checkable
 class Model(Protocol):
     """What an adapter returns. See DESIGN.md: `graph`, `run`, declared capabilities."""

@@ -9,7 +9,9 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import ChanaxisError
-from .model import Layer, LayerGraph
+from networkx.utils import UnionFind
+
+from .model import Layer, LayerGraph, assign_coupling_groups
 
 _BN_TYPES: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
 _LN_TYPES: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm)
@@ -46,23 +48,6 @@ def trace(module: nn.Module) -> fx.Graph:
         raise ChanaxisError(
             f"cannot trace {type(module).__name__} with torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
             "chanaxis needs a traceable model to find layers, consumers and residual couplings") from None
-
-
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[str, str] = {}
-
-    def find(self, a):
-        self.parent.setdefault(a, a)
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def _probe_shapes(module: nn.Module, input_size, device) -> dict[str, tuple[tuple, tuple]]:
@@ -109,12 +94,12 @@ def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channel
     consumers: dict[str, list[str]] = {}
     own_norm: dict[str, tuple[str, str]] = {}
     first_user_chain: dict[fx.Node, str] = {}  # node -> producer whose raw output it still is (shape-only ops)
-    uf = _UnionFind()
+    uf = UnionFind()
     order: list[str] = []
 
     def sources_of(args) -> frozenset[str]:
         out: set[str] = set()
-        for a in _flatten(args):
+        for a in flatten_args(args):
             if isinstance(a, fx.Node):
                 out |= src.get(a, frozenset())
         return frozenset(out)
@@ -195,28 +180,20 @@ def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channel
     for d, layer in enumerate(layers):
         layer.depth = d
 
-    # coupling groups: channel c of every layer in one residual union shares one id
-    members: dict[str, list[Layer]] = {}
-    for layer in layers:
-        members.setdefault(uf.find(layer.name), []).append(layer)
-    next_id = 0
-    for group_layers in members.values():
-        width = max(l.c_out for l in group_layers)
-        for layer in group_layers:
-            layer.group = next_id + np.arange(layer.c_out)
-        next_id += width
+    assign_coupling_groups(layers, lambda name: uf[name])
     if not layers:
         raise ChanaxisError("the model has no layer to analyse (no Conv2d with ≥ 4 output channels); "
                             "chanaxis analyses convolutional networks")
     return LayerGraph(layers, filters, other_macs)
 
 
-def _flatten(obj):
+def flatten_args(obj):
+    """The leaves of an fx node's (nested) args/kwargs."""
     if isinstance(obj, (list, tuple)):
         for o in obj:
-            yield from _flatten(o)
+            yield from flatten_args(o)
     elif isinstance(obj, dict):
         for o in obj.values():
-            yield from _flatten(o)
+            yield from flatten_args(o)
     else:
         yield obj

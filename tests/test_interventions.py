@@ -316,7 +316,8 @@ def test_lesion_store_and_resume(run_store, monkeypatch):
     for k in ("damage_loss", "damage_acc", "replaced_damage", "mean_ablation_damage", "random_peer_damage"):
         assert np.isfinite(ds[k].values).all() and ds[k].attrs["units"] in ("nats", "%")
     # the resumed store equals a clean run of the same units
-    assert chanaxis.reload.model_from_store(run).weights_sha256() == model.weights_sha256()
+    from chanaxis.reload import model_from_store
+    assert model_from_store(run).weights_sha256() == model.weights_sha256()
     x, y, _ = chanaxis.interventions._common.load_eval_images(run, 8)
     base = chanaxis.interventions._common.evaluate(model, x, y, 16)
     for name in (str(ds.layer.values[0]), str(ds.layer.values[-1])):  # done before and after the interruption
@@ -356,10 +357,11 @@ def test_prune_store_oneshot(run_store):
 
 def test_finetune_keeps_pruned_channels_removed(run_store):
     from chanaxis.interventions.finetune import finetune
+    from chanaxis.reload import dataset_from_store
     run, _, model = run_store
     plan = PruningPlan(model)
     eff = plan.effective(random_keep(plan, 0.5, seed=3))
-    train = chanaxis.reload.dataset_from_store(run, transform="train").dataset
+    train = dataset_from_store(run, transform="train").dataset
     net = finetune(model, eff, train, epochs=1, max_batches=2, lr=1e-2, seed=0, batch_size=8)
     tuned = copy.deepcopy(model)
     tuned.module = net

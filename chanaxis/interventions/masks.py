@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..model import LayerGraph
+from ..torch_graph import flatten_args
 
 INPUT, OPAQUE = "<input>", "<opaque>"  # the image; a tensor whose channels cannot be traced back (cat, LN, ...)
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
@@ -85,7 +86,7 @@ def _traced_dataflow(module: nn.Module, graph: LayerGraph, input_size, device) -
 
     def of(args) -> frozenset[str]:
         out: set[str] = set()
-        for a in _flatten(args):
+        for a in flatten_args(args):
             if isinstance(a, fx.Node):
                 out |= src.get(a, frozenset())
         return frozenset(out)
@@ -133,15 +134,6 @@ def _traced_dataflow(module: nn.Module, graph: LayerGraph, input_size, device) -
     return Dataflow(order, info, sources, traced=True)
 
 
-def _flatten(obj):
-    if isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _flatten(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _flatten(o)
-    else:
-        yield obj
 
 
 def prunable_layers(graph: LayerGraph) -> list[str]:

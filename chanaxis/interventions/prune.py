@@ -209,6 +209,8 @@ def _assemble(pg, config, m, full, base_loss, base_acc, einfo, plan, n_resamples
                  "mean over seeds" if j == 0 else f"percentile bootstrap 95% CI over seeds, {n_resamples} resamples"})
     ds["best_local"] = ("regime", strings([b[0] for b in best]))
     ds["best_target"] = ("regime", strings([b[1] for b in best]))
+    for k in ("oneshot_done", "finetune_done"):  # kept so a rerun after an interrupted final write resumes
+        ds[k] = (cube, np.asarray(pg[k][...], bool))
     ds["base_accuracy"] = ((), base_acc, {"units": "%", "description": "unpruned accuracy on the same images"})
     ds["base_loss"] = ((), base_loss, {"units": "nats"})
     if taylor_unit is not None:
