@@ -98,11 +98,7 @@ def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channel
     order: list[str] = []
 
     def sources_of(args) -> frozenset[str]:
-        out: set[str] = set()
-        for a in flatten_args(args):
-            if isinstance(a, fx.Node):
-                out |= src.get(a, frozenset())
-        return frozenset(out)
+        return union_sources(args, src)
 
     for node in graph.nodes:
         if node.op == "call_module":
@@ -185,6 +181,15 @@ def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channel
         raise ChanaxisError("the model has no layer to analyse (no Conv2d with ≥ 4 output channels); "
                             "chanaxis analyses convolutional networks")
     return LayerGraph(layers, filters, other_macs)
+
+
+def union_sources(args, src: dict) -> frozenset[str]:
+    """The union of `src[node]` over the fx nodes among (nested) `args`: which producers' channels reach here."""
+    out: set[str] = set()
+    for a in flatten_args(args):
+        if isinstance(a, fx.Node):
+            out |= src.get(a, frozenset())
+    return frozenset(out)
 
 
 def flatten_args(obj):

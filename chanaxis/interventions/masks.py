@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..model import LayerGraph
-from ..torch_graph import flatten_args
+from ..torch_graph import union_sources
 
 INPUT, OPAQUE = "<input>", "<opaque>"  # the image; a tensor whose channels cannot be traced back (cat, LN, ...)
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
@@ -85,11 +85,7 @@ def _traced_dataflow(module: nn.Module, graph: LayerGraph, input_size, device) -
     order, info, sources = [], {}, {}
 
     def of(args) -> frozenset[str]:
-        out: set[str] = set()
-        for a in flatten_args(args):
-            if isinstance(a, fx.Node):
-                out |= src.get(a, frozenset())
-        return frozenset(out)
+        return union_sources(args, src)
 
     def shape(n):
         meta = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
