@@ -152,3 +152,23 @@ def test_cli_errors_are_one_line(tmp_path):
         assert r.returncode == 2
         assert "Traceback" not in r.stderr and needle in r.stderr
         assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1, r.stderr
+
+
+def test_reducer_reads_nchw_and_channels_last_alike():
+    """The hook's reduction takes C-vectors and per-image means from the output in its own memory layout (ConvNeXt's
+    MLP hands it a channels-last tensor): both layouts give the values of the plain NCHW computation."""
+    from chanaxis.stages.capture import _reducer
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(3, 5, 4, 6, generator=g)
+    pos = torch.randint(0, 24, (3, 7), generator=g)
+    flat = t.reshape(3, 5, 24)
+    want_local = torch.stack([flat[i, :, pos[i]].T for i in range(3)]).reshape(-1, 5)
+    want_gap = flat.mean(2)
+    nhwc_view = t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)   # what the hook sees for an NHWC layer
+    assert not nhwc_view.is_contiguous()
+    for view in (t, nhwc_view, t.contiguous(memory_format=torch.channels_last)):
+        local, gap = _reducer(pos)(view)
+        torch.testing.assert_close(local, want_local)
+        torch.testing.assert_close(gap, want_gap)
+        view.zero_()  # an in-place op after the hook must not reach what it returned
+        assert local.abs().sum() > 0

@@ -81,7 +81,7 @@ def capture(model, dataset: str | Any, out: str | Path, split: str = "train", ro
     n_chunks = -(-n // chunk_images)
     positions = {l: spatial_positions(n, int(np.prod(graph[l].out_hw)), spatial_samples, seed, graph[l].depth)
                  for l in names}
-    if "samples" not in grp:
+    if grp.attrs.get("status", {}).get("capture") != "running":
         _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dtype, handle, config)
     done_arr = grp["samples/chunk_done"]
     done = np.asarray(done_arr[:], dtype=bool)
@@ -124,72 +124,83 @@ def capture(model, dataset: str | Any, out: str | Path, split: str = "train", ro
 
 
 def _reducer(pos: torch.Tensor):
+    """The hook's reduction: the C-vectors at the sampled positions and the per-image mean, read from the layer's
+    output in its own memory layout (NCHW, or channels-last as ConvNeXt's MLP and channels_last models give it), so
+    no full-size copy is ever made. Advanced indexing copies at once, so later in-place ops (ReLU, residual +=)
+    cannot reach the samples."""
     rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
 
     def reduce(t: torch.Tensor):
         b, c = t.shape[:2]
-        flat = t.reshape(b, c, -1)
-        # advanced indexing copies at once, so later in-place ops (ReLU, residual +=) cannot reach these samples
-        local = flat.transpose(1, 2)[rows, pos].reshape(-1, c)
-        return local, flat.float().mean(2)
+        if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+            flat = t.permute(0, 2, 3, 1).reshape(b, -1, c)   # a view: (image, position, channel)
+            return flat[rows, pos].reshape(-1, c), flat.mean(1, dtype=torch.float32)
+        flat = t.reshape(b, c, -1)                            # (image, channel, position)
+        return flat[rows, :, pos].reshape(-1, c), flat.mean(2, dtype=torch.float32)
     return reduce
 
 
 def _write_chunk(arrays, samples, done_arr, c, lo, hi, positions, result, labels, margin, correct, logits):
+    items = [(samples["label"], slice(lo, hi), labels), (samples["margin"], slice(lo, hi), margin),
+             (samples["correct"], slice(lo, hi), correct), (samples["logits"], slice(lo, hi), logits)]
     for l, (local, gap) in result.items():
         s = positions[l].shape[1]
-        arrays[l][0][lo * s:hi * s] = local
-        arrays[l][1][lo:hi] = gap
-    samples["label"][lo:hi] = labels
-    samples["margin"][lo:hi] = margin
-    samples["correct"][lo:hi] = correct
-    samples["logits"][lo:hi] = logits
+        items += [(arrays[l][0], slice(lo * s, hi * s), local), (arrays[l][1], slice(lo, hi), gap)]
+    store.write_many(items)
     done_arr[c] = True  # last: the chunk counts only once everything above is on disk
 
 
 def _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dtype, handle, config):
+    """Every array of the store, made at once (`store.new_arrays`); called again from scratch if a capture was killed
+    before its arrays were all made (the status turns "running" only after this returns)."""
     n = len(idx)
     graph = model.graph
-    sg = grp.require_group("samples")
-    store.new_array(sg, "image", (n,), ["image"], "int32")[:] = np.arange(n)
-    store.new_array(sg, "dataset_index", (n,), ["image"], "int64",
-                    attrs={"description": "index into the dataset split"})[:] = idx
-    store.new_array(sg, "label", (n,), ["image"], "int32", chunks=(chunk_images,))
-    store.new_array(sg, "margin", (n,), ["image"], "float32", chunks=(chunk_images,),
-                    attrs={"units": "logit", "description": "T = z[label] - max_{c!=label} z[c]"})
-    store.new_array(sg, "correct", (n,), ["image"], "bool", chunks=(chunk_images,))
-    store.new_array(sg, "logits", (n, model.num_classes), ["image", "class"], "float32",
-                    chunks=(chunk_images, model.num_classes), attrs={"units": "logit"})
-    store.new_array(sg, "chunk_done", (n_chunks,), ["chunk"], "bool", chunks=(1,))
+    arrays = [
+        dict(name="samples/image", shape=(n,), dims=["image"], dtype="int32", data=np.arange(n, dtype=np.int32)),
+        dict(name="samples/dataset_index", shape=(n,), dims=["image"], dtype="int64", data=np.asarray(idx),
+             attrs={"description": "index into the dataset split"}),
+        dict(name="samples/label", shape=(n,), dims=["image"], dtype="int32", chunks=(chunk_images,)),
+        dict(name="samples/margin", shape=(n,), dims=["image"], dtype="float32", chunks=(chunk_images,),
+             attrs={"units": "logit", "description": "T = z[label] - max_{c!=label} z[c]"}),
+        dict(name="samples/correct", shape=(n,), dims=["image"], dtype="bool", chunks=(chunk_images,)),
+        dict(name="samples/logits", shape=(n, model.num_classes), dims=["image", "class"], dtype="float32",
+             chunks=(chunk_images, model.num_classes), attrs={"units": "logit"}),
+        dict(name="samples/chunk_done", shape=(n_chunks,), dims=["chunk"], dtype="bool", chunks=(1,)),
+    ]
+    groups = {"samples": {}, "layers": {}}
     for l in names:
         layer = graph[l]
-        lg = grp.require_group(f"layers/{l}")
+        node = f"layers/{l}"
         s = positions[l].shape[1]
-        attrs = {"kind": layer.kind, "c_in": layer.c_in, "c_out": layer.c_out, "groups": layer.groups,
-                 "out_hw": list(layer.out_hw), "depth": layer.depth, "samples_per_image": s,
-                 "norm": layer.norm, "hook": "pre-normalisation layer output"}
-        lg.attrs.update(attrs)
-        store.new_array(lg, "local", (n * s, layer.c_out), ["sample", "channel"], dtype,
-                        chunks=(chunk_images * s, layer.c_out),
-                        attrs={"coordinates": "image_of_sample position", "units": "activation",
-                               "description": "pre-normalisation output at sampled spatial positions"})
-        store.new_array(lg, "gap", (n, layer.c_out), ["image", "channel"], "float32",
-                        chunks=(chunk_images, layer.c_out),
-                        attrs={"units": "activation", "description": "per-image global average"})
-        store.new_array(lg, "image_of_sample", (n * s,), ["sample"], "int32")[:] = np.repeat(np.arange(n), s)
-        store.new_array(lg, "position", (n * s,), ["sample"], "int32",
-                        attrs={"description": "flat spatial index h*W+w"})[:] = positions[l].reshape(-1)
-        store.new_array(lg, "channel", (layer.c_out,), ["channel"], "int32")[:] = np.arange(layer.c_out)
-        store.new_array(lg, "group", (layer.c_out,), ["channel"], "int64",
-                        attrs={"description": "coupling group (channels tied by residual adds share one)"}
-                        )[:] = layer.group
+        groups[node] = {"kind": layer.kind, "c_in": layer.c_in, "c_out": layer.c_out, "groups": layer.groups,
+                        "out_hw": list(layer.out_hw), "depth": layer.depth, "samples_per_image": s,
+                        "norm": layer.norm, "hook": "pre-normalisation layer output"}
         w = graph.filters(l).reshape(layer.c_out, -1)
-        store.new_array(lg, "weight", w.shape, ["channel", "fan_in"], "float32", compress=True)[:] = w
-        lg["local"].attrs["coordinates"] = "image_of_sample position"
+        arrays += [
+            dict(name=f"{node}/local", shape=(n * s, layer.c_out), dims=["sample", "channel"], dtype=dtype,
+                 chunks=(chunk_images * s, layer.c_out),
+                 attrs={"coordinates": "image_of_sample position", "units": "activation",
+                        "description": "pre-normalisation output at sampled spatial positions"}),
+            dict(name=f"{node}/gap", shape=(n, layer.c_out), dims=["image", "channel"], dtype="float32",
+                 chunks=(chunk_images, layer.c_out),
+                 attrs={"units": "activation", "description": "per-image global average"}),
+            dict(name=f"{node}/image_of_sample", shape=(n * s,), dims=["sample"], dtype="int32",
+                 data=np.repeat(np.arange(n, dtype=np.int32), s)),
+            dict(name=f"{node}/position", shape=(n * s,), dims=["sample"], dtype="int32",
+                 data=positions[l].reshape(-1).astype(np.int32), attrs={"description": "flat spatial index h*W+w"}),
+            dict(name=f"{node}/channel", shape=(layer.c_out,), dims=["channel"], dtype="int32",
+                 data=np.arange(layer.c_out, dtype=np.int32)),
+            dict(name=f"{node}/group", shape=(layer.c_out,), dims=["channel"], dtype="int64",
+                 data=np.asarray(layer.group, dtype=np.int64),
+                 attrs={"description": "coupling group (channels tied by residual adds share one)"}),
+            dict(name=f"{node}/weight", shape=w.shape, dims=["channel", "fan_in"], dtype="float32", compress=True,
+                 data=np.asarray(w, dtype=np.float32)),
+        ]
+    store.new_arrays(grp, groups=groups, arrays=arrays)
     _write_graph(grp, graph)
-    grp.attrs.update({"calibration_sha256": _sha(idx), "folded_bn": bool(graph.folded_bn),
-                      "weights_sha256": config["weights_sha256"], "model_spec": config["model"],
-                      "dataset": config["dataset"], "seed": config["seed"]})
+    grp.update_attributes({"calibration_sha256": _sha(idx), "folded_bn": bool(graph.folded_bn),
+                           "weights_sha256": config["weights_sha256"], "model_spec": config["model"],
+                           "dataset": config["dataset"], "seed": config["seed"]})
 
 
 def _write_graph(grp, graph) -> None:
@@ -204,13 +215,13 @@ def _write_graph(grp, graph) -> None:
         "macs": ("int64", [l.macs for l in layers]), "depth": ("int64", [l.depth for l in layers]),
         "norm": (str, [l.norm for l in layers]),
     }
-    for k, (dt, vals) in cols.items():
-        attrs = {"units": "MACs"} if k == "macs" else {}
-        store.new_array(gg, k, (len(layers),), ["layer"], dt, attrs=attrs)[:] = np.asarray(
-            vals, dtype=object if dt is str else dt)
+    arrays = [dict(name=k, shape=(len(layers),), dims=["layer"], dtype=dt,
+                   attrs={"units": "MACs"} if k == "macs" else {},
+                   data=np.asarray(vals, dtype=object if dt is str else dt)) for k, (dt, vals) in cols.items()]
     edges = list(graph.g.edges)
     for k, pos in (("edge_src", 0), ("edge_dst", 1)):
-        arr = store.new_array(gg, k, (max(1, len(edges)),), ["edge"], str)
-        arr[:] = np.asarray([e[pos] for e in edges] or [""], dtype=object)
-    gg.attrs.update({"total_macs": int(graph.total_macs), "other_macs": {k: int(v) for k, v in graph.other_macs.items()},
-                     "units": "MACs"})
+        arrays.append(dict(name=k, shape=(max(1, len(edges)),), dims=["edge"], dtype=str,
+                           data=np.asarray([e[pos] for e in edges] or [""], dtype=object)))
+    store.new_arrays(gg, arrays=arrays)
+    gg.update_attributes({"total_macs": int(graph.total_macs),
+                          "other_macs": {k: int(v) for k, v in graph.other_macs.items()}, "units": "MACs"})
