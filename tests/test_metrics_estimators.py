@@ -220,7 +220,8 @@ def test_kmeans_and_ari():
     assert len(set(structure.kmeans_groups(rng.standard_normal((3, 2)), k=4))) == 3
 
 
-def test_modularity_recovers_planted_partition():
+@pytest.mark.parametrize("backend", ["igraph", "networkx"])
+def test_modularity_recovers_planted_partition(backend):
     l, k = 4, 30
     G = nx.planted_partition_graph(l, k, 0.3, 0.01, seed=11)
     A = nx.to_numpy_array(G, nodelist=range(l * k))
@@ -233,11 +234,21 @@ def test_modularity_recovers_planted_partition():
     s = np.array([W[block == c].sum() for c in range(l)])
     q_planted = (W * same).sum() / w2 - np.sum((s / w2) ** 2)
     dens = A.sum() / (l * k * (l * k - 1))
-    res = structure.modularity(W, keep_frac=dens + 0.01, seed=0, n_null=3)
+    res = structure.modularity(W, keep_frac=dens + 0.01, seed=0, n_null=3, backend=backend)
     assert res.n_edges == G.number_of_edges()
     assert res.q == pytest.approx(q_planted, abs=0.03)
     assert res.q_null_mean < res.q - 0.2
-    assert res == structure.modularity(W, keep_frac=dens + 0.01, seed=0, n_null=3)
+    assert res == structure.modularity(W, keep_frac=dens + 0.01, seed=0, n_null=3, backend=backend)
+
+
+def test_modularity_backends_agree_on_a_random_graph():
+    # both run Clauset–Newman–Moore; they may break ties differently, so Q agrees closely, not bit for bit
+    rng = np.random.default_rng(5)
+    W = rng.random((200, 200))
+    a = structure.modularity(W + W.T, n_null=2, backend="igraph")
+    b = structure.modularity(W + W.T, n_null=2, backend="networkx")
+    assert a.n_edges == b.n_edges
+    assert a.q == pytest.approx(b.q, abs=0.01) and a.q_null_mean == pytest.approx(b.q_null_mean, abs=0.01)
 
 
 def test_triplet_s3_s2_closed_form():
@@ -274,6 +285,7 @@ def test_triplet_s3_uses_best_pair():
 
 
 def test_rewired_null_keeps_degrees_and_weights():
+    import igraph
     rng = np.random.default_rng(13)
     W = rng.random((40, 40))
     G = structure.top_weight_graph(W + W.T, keep_frac=0.2)
@@ -282,6 +294,17 @@ def test_rewired_null_keeps_degrees_and_weights():
     wG = sorted(d["weight"] for *_, d in G.edges(data=True))
     wH = sorted(d["weight"] for *_, d in H.edges(data=True))
     assert wG == wH and set(G.edges) != set(H.edges)
+    # the igraph twin: same degrees, same weights, surviving edges keep their own weight
+    g = igraph.Graph(n=40, edges=list(G.edges))
+    g.es["weight"] = [G.edges[e]["weight"] for e in G.edges]
+    h = structure._rewire_igraph(g, np.random.default_rng(0), swaps_per_edge=2)
+    assert g.degree() == h.degree()
+    assert sorted(h.es["weight"]) == wG
+    survivors = set(map(frozenset, g.get_edgelist())) & set(map(frozenset, h.get_edgelist()))
+    assert survivors != set(map(frozenset, g.get_edgelist()))
+    for e in h.es:
+        if frozenset(e.tuple) in survivors:
+            assert e["weight"] == G.edges[e.tuple]["weight"]
 
 
 def test_grad_cos_hand_examples():

@@ -129,3 +129,22 @@ def test_bad_input(tmp_path, stores):
         metrics(stores[0], only=["locl"], progress=False)
     with pytest.raises(ChanaxisError, match="no run store"):
         metrics(tmp_path / "nothing.zarr", progress=False)
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,d,g,size", [(6, 8, 3, 1, 1, 1, 1, 9), (6, 8, 3, 2, 1, 1, 2, 9),
+                                                    (4, 4, 3, 1, 2, 2, 4, 8), (3, 8, 7, 2, 3, 1, 1, 16),
+                                                    (4, 8, (1, 3), 1, (0, 1), 1, 1, 6)])
+def test_geometry_patches_equal_unfold(cin, cout, k, s, p, d, g, size):
+    """The geometry pass gathers only the sampled windows; they equal F.unfold's columns at those positions."""
+    from types import SimpleNamespace
+
+    from chanaxis.stages.geometry import _patches
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, k, s, p, d, g)
+    x = torch.randn(2, cin, size, size)
+    out = conv(x)
+    pos = torch.randint(0, out.shape[2] * out.shape[3], (2, 5))
+    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    want = cols.gather(2, pos[:, None, :].expand(-1, cols.shape[1], -1)).permute(0, 2, 1)
+    got = _patches(conv, SimpleNamespace(kind="conv", groups=g, out_hw=tuple(out.shape[2:])), x, pos)
+    assert torch.equal(got, want.reshape(-1, g, cols.shape[1] // g))

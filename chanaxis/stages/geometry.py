@@ -3,8 +3,9 @@
 Why a dedicated pass rather than accumulating at capture: it needs the layers' *input* patches, whose covariance is
 d×d per layer (d = k²·C_in, up to 4 608 in VGG-16): carrying that through capture would cost more than the capture
 itself and break its streaming budget. We never form Σ_X: since Y_i = w_iᵀx + b exactly, Σ_X w_i = Cov(x, Y_i),
-accumulated as Σ x·(Wx)ᵀ per group — n·d·C work instead of n·d² — on the same sampled positions as the store, with
-T read from the store (the margin of each calibration image).
+accumulated as Σ x·yᵀ per group — n·d·C work instead of n·d² — with y the layer's own output, taken by a forward
+hook at the same sampled positions as the store's, and T read from the store (the margin of each calibration image).
+Only the sampled input windows are gathered (no full unfold).
 """
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ class _Acc:
         self.sy = torch.zeros(self.g, self.cpg, dtype=torch.float64)
         self.sxy = torch.zeros(self.g, d, self.cpg, dtype=torch.float64)
 
-    def add(self, x, t):
-        """x: (n, g, d) patches; t: (n,) target of each patch's image. METHOD: sums in float64."""
-        x, t = x.double(), t.double()
-        y = torch.einsum("ngd,gcd->ngc", x, self.w)
+    def add(self, x, y, t):
+        """x: (n, g, d) patches; y: (n, g, cpg) the layer's outputs there; t: (n,) target of each patch's image.
+        METHOD: sums in float64. y is the network's own output (its bias shifts no covariance)."""
+        x, y, t = x.double(), y.double(), t.double()
         self.n += x.shape[0]
         self.sx += x.sum(0)
         self.sxt += torch.einsum("ngd,n->gd", x, t)
@@ -56,16 +57,30 @@ class _Acc:
 
 
 def _patches(module, layer, inp: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Input patches at the sampled output positions: (B·s, groups, d_g)."""
+    """Input patches at the sampled output positions: (B·s, groups, d_g), in `F.unfold`'s (channel, kh, kw) order.
+
+    Only the sampled windows are gathered from the padded input (B·s·C_in·k² values) — unfolding every position
+    first would materialise C_in·k² × H·W values per image, most of them thrown away."""
     b = inp.shape[0]
     if layer.kind == "linear":  # channels-last pointwise: the patch is the input vector itself
         flat = inp.reshape(b, -1, inp.shape[-1])
         x = flat.gather(1, pos[:, :, None].expand(-1, -1, flat.shape[2]))
         return x.reshape(-1, 1, flat.shape[2]).float()
-    cols = F.unfold(inp.float(), module.kernel_size, dilation=module.dilation, padding=module.padding,
-                    stride=module.stride)  # (B, C_in·kh·kw, L)
-    x = cols.gather(2, pos[:, None, :].expand(-1, cols.shape[1], -1)).permute(0, 2, 1)
-    return x.reshape(-1, layer.groups, cols.shape[1] // layer.groups)
+    (kh, kw), (sh, sw), (dh, dw) = (_pair(module.kernel_size), _pair(module.stride), _pair(module.dilation))
+    ph, pw = _pair(module.padding)
+    xp = F.pad(inp.float(), (pw, pw, ph, ph))
+    w_out = layer.out_hw[1]
+    oh, ow = pos // w_out, pos % w_out                                           # (B, s)
+    rows = (oh * sh)[:, :, None] + torch.arange(kh, device=pos.device) * dh      # (B, s, kh)
+    cols = (ow * sw)[:, :, None] + torch.arange(kw, device=pos.device) * dw      # (B, s, kw)
+    bidx = torch.arange(b, device=pos.device)[:, None, None, None]
+    x = xp[bidx, :, rows[:, :, :, None], cols[:, :, None, :]]                    # (B, s, kh, kw, C_in)
+    x = x.permute(0, 1, 4, 2, 3).reshape(b * pos.shape[1], -1)                   # (B·s, C_in·kh·kw)
+    return x.reshape(x.shape[0], layer.groups, x.shape[1] // layer.groups)
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def geometry_pass(run, grp, layers, p, model, bar):
@@ -87,15 +102,25 @@ def geometry_pass(run, grp, layers, p, model, bar):
     accs = {l: _Acc(graph[l], np.asarray(grp[f"layers/{l}/weight"][...])) for l in layers}
     pos = {l: torch.as_tensor(np.asarray(grp[f"layers/{l}/position"][...]).reshape(len(idx), -1)[:n])
            for l in layers}
-    state = {}
+    state, pending = {}, {}
     handles = []
     for l in layers:
         def pre(mod, args, l=l):
             lo, hi = state["lo"], state["hi"]
-            x = _patches(mod, graph[l], args[0].detach(), pos[l][lo:hi].to(args[0].device)).cpu()
-            s = pos[l].shape[1]
-            accs[l].add(x.reshape(-1, x.shape[1], x.shape[2]), margin[lo:hi].repeat_interleave(s))
+            pending[l] = _patches(mod, graph[l], args[0].detach(), pos[l][lo:hi].to(args[0].device))
+
+        def post(mod, args, out, l=l):
+            # the layer's own output at the same positions (a copy, taken before any in-place op downstream)
+            lo, hi = state["lo"], state["hi"]
+            p = pos[l][lo:hi].to(out.device)
+            b, s = p.shape
+            flat = out.reshape(b, -1, out.shape[-1]) if graph[l].kind == "linear" else \
+                out.reshape(b, out.shape[1], -1).transpose(1, 2)
+            y = flat[torch.arange(b, device=out.device)[:, None], p].reshape(b * s, accs[l].g, accs[l].cpg)
+            x = pending.pop(l)
+            accs[l].add(x.cpu(), y.detach().float().cpu(), margin[lo:hi].repeat_interleave(s))
         handles.append(mods[l].register_forward_pre_hook(pre))
+        handles.append(mods[l].register_forward_hook(post))
     task = bar.add_task("geometry", total=n)
     bs = 64
     try:
