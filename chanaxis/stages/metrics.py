@@ -149,8 +149,7 @@ def metrics(run, only: Iterable[str] = STAGES, scheduler: str | None = None, wor
                 m = layer_moments(run, name, scheduler=sched)
                 weight = np.asarray(grp[f"layers/{name}/weight"][...], np.float64)
                 res = layer_metrics(m, weight, only, p)
-                _write_part(grp, run, name, res, m)
-                results[name] = _read_part(run, name)
+                results[name] = _write_part(grp, run, name, res, m)
             bar.update(task, advance=1)
         ds = _assemble(grp, layers, results)
         geometry = None
@@ -159,7 +158,7 @@ def metrics(run, only: Iterable[str] = STAGES, scheduler: str | None = None, wor
             if geometry is not None:
                 ds["grad_cos"] = ("unit", np.concatenate([geometry[l] for l in layers]))
                 ds["grad_cos"].attrs = {"units": UNITS["grad_cos"][0], "estimator": UNITS["grad_cos"][1]}
-            struct = _structure(run, grp, layers, ds, p, bar)
+            struct = _structure(results, grp, layers, ds, p, bar)
             ds["cluster_local"] = ("unit", struct.pop("_cluster_local"))
             ds["cluster_target"] = ("unit", struct.pop("_cluster_target"))
             if geometry is not None:
@@ -206,6 +205,7 @@ def _write_part(grp, run, name, res, m):
     ds["cov_yt"] = ("channel", m.cov_yt)
     ds.attrs.update({"n": m.n, "mean_t": m.mean_t, "var_t": m.var_t, "done": True})
     store.write_dataset(grp, f"metrics_parts/{name}", ds)
+    return ds  # what a resumed run reads back from the part (no round trip through the disk here)
 
 
 def _read_part(run, name) -> xr.Dataset:
@@ -250,7 +250,7 @@ def _assemble(grp, layers, results) -> xr.Dataset:
 
 
 # --------------------------------------------------------------------------- structure (METHOD §4)
-def _structure(run, grp, layers, ds, p, bar) -> dict:
+def _structure(parts, grp, layers, ds, p, bar) -> dict:
     names = list(ALIGN_LOCAL + ALIGN_TARGET)
     n_layers = len(layers)
     sp = np.full((n_layers, len(names), len(names)), np.nan)
@@ -266,7 +266,7 @@ def _structure(run, grp, layers, ds, p, bar) -> dict:
         tables.append(table)
         if sel.sum() >= 3:
             sp[li] = structure.spearman_matrix(table).rho
-        part = _read_part(run, name)
+        part = parts[name]
         c = int(sel.sum())
         k = min(p["k_clusters"], c)
         a = structure.kmeans_groups(structure.local_features(table["input_capture"], table["peer_overlap"]), k,
