@@ -121,6 +121,13 @@ def _pruning(c, pr: dict) -> None:
     for m, ax in zip(pr["methods"], pr["axis"]):
         t.add_row(m, ax, *[_n(pr["auc"][r].get(m), "{:.1f}", " %") for r in regimes])
     c.print(t)
+    empty = [r for r in regimes
+             if None not in pr["auc_interval"][r] and pr["auc_interval"][r][0] > pr["auc_interval"][r][1]]
+    if empty:
+        lo, hi = pr["auc_interval"][empty[0]]
+        c.print(f"[yellow]No MACs-reduction interval is covered by every method ({', '.join(empty)}): the smallest "
+                f"level already removes {lo * 100:.0f} % of the MACs for some method while another never removes more "
+                f"than {hi * 100:.0f} %. Add lower and higher levels (`--levels`).[/yellow]")
     t = Table(title=f"paired AUC differences in AUC points (%), over seeds {pr['seeds']}, with percentile "
                     "bootstrap 95% CI")
     t.add_column("contrast")

@@ -27,7 +27,7 @@ PRESETS: dict[str, dict] = {
         "trajectory": {"n_calibration": 400},
         "lesion": {"fraction": 0.2, "eval_images": 400},
         "prune": {"methods": ["input_capture", "hull", "task_info", "composite_target", "magnitude", "random"],
-                  "levels": [0.1, 0.2, 0.35], "finetune_epochs": 1, "finetune_batches": 40,
+                  "levels": [0.1, 0.2, 0.35, 0.5], "finetune_epochs": 1, "finetune_batches": 40,
                   "seeds": [42, 123], "eval_images": 500, "n_resamples": 10000},
     },
     "paper": {
