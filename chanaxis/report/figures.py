@@ -72,13 +72,16 @@ def pruning_curves(p, out: Path) -> Path:
             continue
         acc = p[var]
         macs = p["macs_retained_pct"]
-        for method in p["method"].values:
-            a, mr = acc.sel(method=method), macs.sel(method=method)
+        for i, method in enumerate(p["method"].values):
+            # by position: `.sel(method=...)` would be taken as sel's own `method=` (inexact matching) argument
+            a, mr = acc.isel({"method": i}), macs.isel({"method": i})
             if "seed" in a.dims:
                 a = a.mean("seed")
             if "seed" in mr.dims:
                 mr = mr.mean("seed")
-            ax.plot(mr.values, a.values, marker="o", ms=3, label=str(method))
+            order = np.argsort(-mr.values)
+            ax.plot(np.r_[100.0, mr.values[order]], np.r_[float(p["base_accuracy"]), a.values[order]], marker="o",
+                    ms=3, label=str(method))
         ax.set_xlabel("MACs retained (%)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(var.replace("acc_", "accuracy, "))

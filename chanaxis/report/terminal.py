@@ -138,8 +138,11 @@ def _pruning(c, pr: dict) -> None:
         cells = []
         for r in regimes:
             d = pr["contrasts"][r][k]
-            cells.append(f"{_n(d['mean'], '{:+.2f}')} [{_n(d['ci_low'], '{:+.2f}')}, {_n(d['ci_high'], '{:+.2f}')}]")
-        label = k.replace("best_local", f"best local ({pr['best_local'][regimes[0]]})").replace(
-            "best_target", f"best target ({pr['best_target'][regimes[0]]})")
-        t.add_row(label.replace("-", " − "), *cells)
+            cell = f"{_n(d['mean'], '{:+.2f}')} [{_n(d['ci_low'], '{:+.2f}')}, {_n(d['ci_high'], '{:+.2f}')}]"
+            if "best_" in k:  # the best method of each axis is picked per regime: name them in the cell
+                picks = k.replace("best_local", pr["best_local"][r]).replace("best_target", pr["best_target"][r])
+                cell += f"\n({picks.replace('-', ' − ')})"
+            cells.append(cell)
+        t.add_row(k.replace("best_local", "best local").replace("best_target", "best target").replace("-", " − "),
+                  *cells)
     c.print(t)
