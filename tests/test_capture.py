@@ -172,3 +172,29 @@ def test_reducer_reads_nchw_and_channels_last_alike():
         torch.testing.assert_close(gap, want_gap)
         view.zero_()  # an in-place op after the hook must not reach what it returned
         assert local.abs().sum() > 0
+
+
+def test_capture_killed_while_making_its_arrays_remakes_them(tmp_path, tiny_resnet, monkeypatch):
+    """A capture stopped while its store's arrays are being made (some made, status not yet "running") makes them
+    again on the rerun and finishes with the arrays of an uninterrupted capture."""
+    from chanaxis import store as store_mod
+    ref = chanaxis.capture(tiny_resnet, "synthetic", tmp_path / "ref.zarr", n_calibration=40, chunk_images=16,
+                           progress=False)
+    real = store_mod.new_arrays
+
+    def half(group, groups=None, arrays=None):
+        real(group, groups=groups, arrays=(arrays or [])[: len(arrays or []) // 2])
+        raise KeyboardInterrupt  # stands in for the kill
+    monkeypatch.setattr(store_mod, "new_arrays", half)
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        chanaxis.capture(tiny_resnet, "synthetic", out, n_calibration=40, chunk_images=16, progress=False)
+    assert "capture" not in zarr.open_group(str(out)).attrs["status"]
+    monkeypatch.setattr(store_mod, "new_arrays", real)
+    chanaxis.capture(tiny_resnet, "synthetic", out, n_calibration=40, chunk_images=16, progress=False)
+    a, b = chanaxis.open_run(ref), chanaxis.open_run(out)
+    assert b.attrs["status"]["capture"] == "done"
+    for layer in tiny_resnet.graph.names:
+        for var in ("local", "gap", "position", "weight"):
+            np.testing.assert_array_equal(a[f"layers/{layer}"][var].values, b[f"layers/{layer}"][var].values)
+    np.testing.assert_array_equal(a["samples"]["margin"].values, b["samples"]["margin"].values)
