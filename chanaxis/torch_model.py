@@ -13,7 +13,7 @@ from .model import LayerGraph
 from .torch_graph import build_graph
 
 
-def _to_nchw(t: torch.Tensor, layout: str) -> torch.Tensor:
+def to_nchw(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.permute(0, 3, 1, 2) if layout == "nhwc" else t
 
 
@@ -69,7 +69,7 @@ class TorchModel:
                 layer = self.graph[name]
 
                 def cap_hook(mod, inp, output, name=name, layout=layer.layout, reducer=reducer):
-                    t = _to_nchw(output, layout)
+                    t = to_nchw(output, layout)
                     # reduce or copy at once: later in-place ops (ReLU, residual +=) may rewrite this memory
                     out[name] = reducer(t) if reducer is not None else t.detach().clone()
 

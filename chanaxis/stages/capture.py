@@ -123,21 +123,26 @@ def capture(model, dataset: str | Any, out: str | Path, split: str = "train", ro
     return str(out)
 
 
-def _reducer(pos: torch.Tensor):
-    """The hook's reduction: the C-vectors at the sampled positions and the per-image mean, read from the layer's
-    output in its own memory layout (NCHW, or channels-last as ConvNeXt's MLP and channels_last models give it), so
-    no full-size copy is ever made. Advanced indexing copies at once, so later in-place ops (ReLU, residual +=)
-    cannot reach the samples."""
-    rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
+def sample_positions(t: torch.Tensor, pos: torch.Tensor, with_mean: bool = False):
+    """The C-vectors of `t` (the NCHW view of a layer's output) at flat positions `pos` (image × sample), as
+    (image·sample, C), plus the per-image mean when asked. Read in the output's own memory layout (NCHW, or
+    channels-last as ConvNeXt's MLP and channels_last models give it), so no full-size copy is made. Advanced
+    indexing copies at once, so later in-place ops (ReLU, residual +=) cannot reach the samples."""
+    b, c = t.shape[:2]
+    rows = torch.arange(b, device=pos.device)[:, None]
+    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        flat = t.permute(0, 2, 3, 1).reshape(b, -1, c)   # a view: (image, position, channel)
+        local, dim = flat[rows, pos], 1
+    else:
+        flat = t.reshape(b, c, -1)                        # (image, channel, position)
+        local, dim = flat[rows, :, pos], 2
+    local = local.reshape(-1, c)
+    return (local, flat.mean(dim, dtype=torch.float32)) if with_mean else local
 
-    def reduce(t: torch.Tensor):
-        b, c = t.shape[:2]
-        if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-            flat = t.permute(0, 2, 3, 1).reshape(b, -1, c)   # a view: (image, position, channel)
-            return flat[rows, pos].reshape(-1, c), flat.mean(1, dtype=torch.float32)
-        flat = t.reshape(b, c, -1)                            # (image, channel, position)
-        return flat[rows, :, pos].reshape(-1, c), flat.mean(2, dtype=torch.float32)
-    return reduce
+
+def _reducer(pos: torch.Tensor):
+    """The capture hook's reduction: sampled C-vectors and per-image means (`sample_positions`)."""
+    return lambda t: sample_positions(t, pos, with_mean=True)
 
 
 def _write_chunk(arrays, samples, done_arr, c, lo, hi, positions, result, labels, margin, correct, logits):

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..estimators.structure import grad_cos_vectors
+from ..torch_model import to_nchw
+from .capture import sample_positions
 
 
 class _Acc:
@@ -114,9 +116,7 @@ def geometry_pass(run, grp, layers, p, model, bar):
             lo, hi = state["lo"], state["hi"]
             p = pos[l][lo:hi].to(out.device)
             b, s = p.shape
-            flat = out.reshape(b, -1, out.shape[-1]) if graph[l].kind == "linear" else \
-                out.reshape(b, out.shape[1], -1).transpose(1, 2)
-            y = flat[torch.arange(b, device=out.device)[:, None], p].reshape(b * s, accs[l].g, accs[l].cpg)
+            y = sample_positions(to_nchw(out, graph[l].layout), p).reshape(b * s, accs[l].g, accs[l].cpg)
             x = pending.pop(l)
             accs[l].add(x.cpu(), y.detach().float().cpu(), margin[lo:hi].repeat_interleave(s))
         handles.append(mods[l].register_forward_pre_hook(pre))
