@@ -7,8 +7,8 @@ import onnx
 
 from chanaxis.errors import ChanaxisError
 
-from ._onnx_graph import read
-from ._onnx_runner import OnnxModel, providers_for
+from .onnx_graph import read
+from .onnx_runner import OnnxModel, providers_for
 
 
 def load_proto(path: Path) -> onnx.ModelProto:
@@ -45,7 +45,8 @@ class OnnxAdapter:
         return []
 
     def open(self, spec, num_classes: int | None = None, image_size: int | None = None, device: str = "cpu",
-             checkpoint=None, pretrained: bool = False, **_ignored) -> OnnxModel:
+             checkpoint=None, pretrained: bool = False, init_seed: int = 0) -> OnnxModel:
+        """`init_seed` is accepted for a uniform call (training, analyze) and has no effect: the file has weights."""
         path = Path(spec).expanduser().resolve()
         if checkpoint is not None or pretrained:
             raise ChanaxisError("an ONNX file carries its own weights: --checkpoint and --pretrained apply to timm "

@@ -39,9 +39,56 @@ def adapt_small_image(model: nn.Module, num_classes: int, image_size: int) -> li
     return done
 
 
+def smallest_image_size(model: nn.Module, failing: int, limit: int = 1024) -> int | None:
+    """When `model` fails on one `failing`×`failing` zero image but runs on a larger one (≤ `limit`), the smallest
+    size it runs on; else None (the failure is not the image size).
+
+    Sizes are doubled until one runs, then bisected; only called after a model failed to open.
+    """
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    was_training = model.training
+    model.eval()  # batch norm in training mode cannot take one 1×1 map
+
+    def runs(size: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size, device=device))
+            return True
+        except RuntimeError:
+            return False
+
+    try:
+        if runs(failing):
+            return None
+        lo, ok = failing, None
+        while ok is None and lo < limit:
+            size = min(2 * max(lo, 1), limit)
+            if runs(size):
+                ok = size
+            else:
+                lo = size
+        if ok is None:
+            return None
+        while ok - lo > 1:
+            mid = (lo + ok) // 2
+            if runs(mid):
+                ok = mid
+            else:
+                lo = mid
+        return ok
+    finally:
+        model.train(was_training)
+
+
 class TimmAdapter:
     name = "timm"
     priority = 40
+    # (chosen) no timm conv network is analysed below 8 px, the smallest dataset image (digits); a model that
+    # downsamples more needs larger images: `open` then names its own smallest size
+    min_image_size = 8
 
     def can_open(self, spec) -> bool:
         return isinstance(spec, str) and timm.is_model(spec)
@@ -50,8 +97,7 @@ class TimmAdapter:
         return [n for n in timm.list_models() if fnmatch.fnmatch(n, pattern)]
 
     def open(self, spec: str, num_classes: int = 1000, image_size: int = 224, pretrained: bool = False,
-             checkpoint=None, small_image: bool | None = None, device: str = "cpu", init_seed: int = 0,
-             **_ignored) -> TorchModel:
+             checkpoint=None, small_image: bool | None = None, device: str = "cpu", init_seed: int = 0) -> TorchModel:
         try:
             # a seeded initialisation: the same spec always gives the same random weights (and weight hash)
             with torch.random.fork_rng(devices=[]):
@@ -65,12 +111,22 @@ class TimmAdapter:
             raise
         loaded = None
         if checkpoint is not None:
-            from ._checkpoint import load_into
+            from chanaxis.checkpoints import load_into
             loaded = load_into(model, checkpoint)
         cls_name = model.default_cfg.get("classifier", "fc") if hasattr(model, "default_cfg") else "fc"
         head = tuple({cls_name.split(".")[0], *[n for n, _ in model.named_children() if n in _HEAD_NAMES]})
         spec_d = {"adapter": "timm", "name": spec, "num_classes": num_classes, "image_size": image_size,
                   "pretrained": bool(pretrained), "init_seed": init_seed, "checkpoint": str(checkpoint) if checkpoint else None,
                   "adaptations": adaptations, "unexpected_keys": (loaded or {}).get("unexpected", [])}
-        return TorchModel(model, (3, image_size, image_size), num_classes, spec=spec_d, exclude_prefixes=head,
-                          device=device)
+        try:
+            return TorchModel(model, (3, image_size, image_size), num_classes, spec=spec_d, exclude_prefixes=head,
+                              device=device)
+        except RuntimeError as e:  # e.g. "Kernel size can't be greater than actual input size": too small an image?
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                raise
+            smallest = smallest_image_size(model, image_size)
+            if smallest is None:
+                raise
+            raise ChanaxisError(f"'{spec}' cannot take {image_size}×{image_size} images: its feature maps shrink "
+                                f"below its kernels; the smallest image it takes is {smallest} px (image_size / "
+                                f"--image-size {smallest} or more)") from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from chanaxis.errors import ChanaxisError
 from chanaxis.torch_model import TorchModel
 
 
@@ -18,10 +19,14 @@ class TorchAdapter:
 
     def open(self, spec: nn.Module, num_classes: int | None = None, image_size: int = 32,
              input_size: tuple[int, int, int] | None = None, head: tuple[str, ...] | None = None,
-             checkpoint=None, device: str = "cpu", **_ignored) -> TorchModel:
+             checkpoint=None, device: str = "cpu", pretrained: bool = False, init_seed: int = 0) -> TorchModel:
+        """`init_seed` is accepted for a uniform call (training, analyze) and has no effect: the module is built."""
+        if pretrained:
+            raise ChanaxisError("a torch.nn.Module comes with its own weights: pretrained applies to timm names only; "
+                                "load the weights into the module, or pass checkpoint=FILE")
         input_size = tuple(input_size or (3, image_size, image_size))
         if checkpoint is not None:
-            from ._checkpoint import load_into
+            from chanaxis.checkpoints import load_into
             load_into(spec, checkpoint)
         if head is None:  # the last Linear is the classifier (not analysed)
             linears = [n for n, m in spec.named_modules() if isinstance(m, nn.Linear)]

@@ -46,7 +46,7 @@ def write_bandwidth(tmp, total_mb=1024, block_mb=8):
 
 def model_pass(model, handle, idx, batch):
     """model.run with capture's own reducers, no store: the compute side of a capture."""
-    from chanaxis.stages.capture import _reducer, spatial_positions
+    from chanaxis.sampling import reducer as _reducer, spatial_positions
     g = model.graph
     pos = {l: torch.as_tensor(spatial_positions(len(idx), int(np.prod(g[l].out_hw)), 16, 0, g[l].depth))
            for l in g.names}

@@ -27,7 +27,8 @@ def main():
 
     import chanaxis
     from chanaxis.estimators import peers
-    from chanaxis.stages.metrics import layer_moments, metrics
+    from chanaxis.moments import compute as layer_moments
+    from chanaxis.stages.metrics import metrics
     torch.set_num_threads(2)
     store = Path(a.store)
     if not store.exists() or chanaxis.open_run(store).attrs["status"].get("capture") != "done":

@@ -56,7 +56,7 @@ def main():
     import chanaxis
     from chanaxis.adapters.onnx import export_onnx
     from chanaxis.data import calibration_indices
-    from chanaxis.stages.capture import _reducer, spatial_positions
+    from chanaxis.sampling import reducer as _reducer, spatial_positions
 
     tm = chanaxis.load_model(a.model, num_classes=10, image_size=32)
     handle = chanaxis.load_dataset(a.dataset, split="train", image_size=32)

@@ -1,50 +1,43 @@
-"""chanaxis: every channel of a convolutional network on two axes — local replaceability and task information."""
-__version__ = "0.1.0"
+"""chanaxis: every channel of a convolutional network on two axes — local replaceability and task information.
+
+The public API is the functions below; each stage's function is the stage module's own (its real signature and
+parameters: `help(chanaxis.prune)`), imported on first use so that `import chanaxis` stays light.
+"""
+from .version import __version__  # noqa: E402
+
+from . import layout  # noqa: E402
+layout.extend_path()  # a source checkout: chanaxis.adapters/.cli/.data_cards are ./adapters, ./cli, ./data_cards
+
+from importlib import import_module
 
 from .errors import ChanaxisError  # noqa: E402
 from .registry import load_model  # noqa: E402
 from .store import open_run  # noqa: E402
 from . import accessor as _accessor  # noqa: E402,F401  (registers ds.chanaxis)
 
-
-def load_dataset(*args, **kwargs):
-    from .data import load_dataset as _load
-    return _load(*args, **kwargs)
-
-
-def capture(*args, **kwargs):
-    from .stages.capture import capture as _capture
-    return _capture(*args, **kwargs)
-
-
-def metrics(*args, **kwargs):
-    from .stages.metrics import metrics as _metrics
-    return _metrics(*args, **kwargs)
+# public name → the module that defines it
+LAZY = {
+    "load_dataset": "chanaxis.data",
+    "capture": "chanaxis.stages.capture",
+    "metrics": "chanaxis.stages.metrics",
+    "trajectory": "chanaxis.stages.trajectory",
+    "lesion": "chanaxis.interventions.lesion",
+    "prune": "chanaxis.interventions.prune",
+    "train": "chanaxis.training",
+    "analyze": "chanaxis.study",
+}
 
 
-def lesion(*args, **kwargs):
-    from .interventions.lesion import lesion as _lesion
-    return _lesion(*args, **kwargs)
+def __getattr__(name: str):
+    if name in LAZY:
+        fn = getattr(import_module(LAZY[name]), name)
+        globals()[name] = fn
+        return fn
+    raise AttributeError(f"module 'chanaxis' has no attribute '{name}'")
 
 
-def prune(*args, **kwargs):
-    from .interventions.prune import prune as _prune
-    return _prune(*args, **kwargs)
+def __dir__():
+    return sorted(set(globals()) | set(LAZY))
 
 
-def train(*args, **kwargs):
-    from .training import train as _train
-    return _train(*args, **kwargs)
-
-
-def trajectory(*args, **kwargs):
-    from .stages.trajectory import trajectory as _trajectory
-    return _trajectory(*args, **kwargs)
-
-
-def analyze(*args, **kwargs):
-    from .stages.analyze import analyze as _analyze
-    return _analyze(*args, **kwargs)
-
-
-__all__ = ["metrics", "lesion", "prune", "train", "trajectory", "analyze", "ChanaxisError", "load_model", "load_dataset", "capture", "open_run", "__version__"]
+__all__ = ["ChanaxisError", "load_model", "open_run", "__version__", *LAZY]

@@ -10,6 +10,13 @@ import numpy as np
 LAYER_KINDS = ("conv", "dwconv", "gconv", "linear")
 
 
+def macs(kernel: tuple[int, int], c_in_per_group: int, c_out: int, positions: int) -> int:
+    """The one MACs formula: multiply-accumulates of a conv or linear layer for one image,
+    k_h·k_w · (input channels per group) · output channels · output positions (a linear layer: kernel 1×1, its
+    leading positions). Every MACs count in chanaxis (layer graph, ONNX graph, pruning) comes from here."""
+    return int(kernel[0]) * int(kernel[1]) * int(c_in_per_group) * int(c_out) * int(positions)
+
+
 @dataclass
 class Layer:
     """One channel-bearing layer that chanaxis analyses (METHOD §1)."""
@@ -33,9 +40,7 @@ class Layer:
     @property
     def macs_per_channel(self) -> int:
         """Multiply-accumulates per output channel for one image."""
-        kh, kw = self.kernel
-        h, w = self.out_hw
-        return int(kh * kw * (self.c_in // self.groups) * h * w)
+        return macs(self.kernel, self.c_in // self.groups, 1, self.out_hw[0] * self.out_hw[1])
 
     @property
     def macs(self) -> int:

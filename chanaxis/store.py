@@ -21,18 +21,19 @@ import zarr.core.buffer
 import zarr.core.sync
 import zarr.storage
 
-from . import __version__
+from .version import __version__
 from .errors import ChanaxisError
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """`obj` as plain JSON types (numpy arrays and scalars to lists and numbers), the form attrs are stored in."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool = False) -> zarr.Group:
     """Open `path` for writing a run made with `config`; refuse a store made with another config."""
     path = Path(path)
-    config = _jsonable(config)
+    config = jsonable(config)
     if path.exists():
         try:
             root = zarr.open_group(str(path), mode="r+")
@@ -43,7 +44,7 @@ def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool =
                 raise ChanaxisError(f"'{path}' exists and is not a chanaxis run store; choose another --out or pass "
                                     "--overwrite to replace it") from None
         if old is not None and old != config and not overwrite:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            diff = config_diff(old, config)
             raise ChanaxisError(f"'{path}' holds a run made with another config (differs in: {', '.join(diff)}); "
                                 "use another --out, the same options, or --overwrite to replace it")
         if overwrite or old is None:
@@ -57,6 +58,31 @@ def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool =
         raise ChanaxisError(f"cannot write the run store at '{path}' ({e.strerror}); choose a writable --out") from None
     root.attrs.update({"chanaxis_version": __version__, "config": config, "status": {}})
     return root
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ between two configs (compared in their stored JSON form)."""
+    old, new = jsonable(old), jsonable(new)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def check_node_config(grp: zarr.Group, node: str, config: dict, overwrite: bool, command: str) -> None:
+    """A stage node written with other parameters is refused (or replaced with `overwrite`), never mixed."""
+    if node not in grp:
+        return
+    old = grp[node].attrs.get("config")
+    if old is not None and config_diff(old, config):
+        if not overwrite:
+            raise ChanaxisError(f"'{node}' in the store was made with other parameters (differs in: "
+                                f"{', '.join(config_diff(old, config))}); rerun with the same options or pass "
+                                f"--overwrite to redo `chanaxis {command}`")
+        del grp[node]
+
+
+def stage_state(run, stage: str) -> str | None:
+    """'running', 'done' or None: what the store records of `stage` (`run` a path or an open group)."""
+    grp = run if isinstance(run, zarr.Group) else open_group(run)
+    return dict(grp.attrs.get("status", {})).get(stage)
 
 
 def set_status(root: zarr.Group, stage: str, state: str) -> None:
@@ -130,7 +156,7 @@ def new_arrays(group: zarr.Group, groups: dict[str, dict] | None = None, arrays:
         for name, attrs in (groups or {}).items():
             by_depth.setdefault(name.count("/"), []).append((name, attrs))
         for depth in sorted(by_depth):  # parents first
-            await asyncio.gather(*(ag.create_group(name, attributes=_jsonable(attrs), overwrite=True)
+            await asyncio.gather(*(ag.create_group(name, attributes=jsonable(attrs), overwrite=True)
                                    for name, attrs in by_depth[depth]))
 
         async def one(spec):
@@ -169,8 +195,27 @@ def ensure_writable(path: str | Path) -> None:
         raise ChanaxisError(f"cannot write the run store at '{path}': '{probe}' is not writable; choose another --out")
 
 
+# node paths: the store's layout in one place (DESIGN.md's table); stages never build these strings themselves
+SAMPLES, GRAPH, METRICS, STRUCTURE, LESION, PRUNING, TRAJECTORY = ("samples", "graph", "metrics", "structure",
+                                                                   "lesion", "pruning", "trajectory")
+METRICS_PARTS = "metrics_parts"
+
+
 def layer_node(name: str) -> str:
     return f"layers/{name}"
+
+
+def layer_array(name: str, array: str) -> str:
+    """`local`, `gap`, `weight`, `group`, `image_of_sample`, `position` or `channel` of a layer."""
+    return f"layers/{name}/{array}"
+
+
+def samples_array(name: str) -> str:
+    return f"samples/{name}"
+
+
+def metrics_part(layer: str) -> str:
+    return f"{METRICS_PARTS}/{layer}"
 
 
 def to_numpy(a) -> np.ndarray:

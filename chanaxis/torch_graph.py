@@ -11,10 +11,10 @@ from torch import nn
 from .errors import ChanaxisError
 from networkx.utils import UnionFind
 
-from .model import Layer, LayerGraph, assign_coupling_groups
+from .model import Layer, LayerGraph, assign_coupling_groups, macs
 
-_BN_TYPES: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
-_LN_TYPES: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm)
+BN_TYPES: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
+LN_TYPES: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm)
 _SHAPE_ONLY = {"permute", "contiguous", "reshape", "view", "transpose", "clone"}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 
@@ -23,8 +23,8 @@ try:  # timm's own norm+act modules and its list of modules/functions fx must no
     from timm.layers.norm_act import BatchNormAct2d as _TimmBNAct
     from timm.models import _features_fx as _timm_fx
 
-    _BN_TYPES = _BN_TYPES + (_TimmBNAct,)
-    _LN_TYPES = _LN_TYPES + (_TimmLN2d,)
+    BN_TYPES = BN_TYPES + (_TimmBNAct,)
+    LN_TYPES = LN_TYPES + (_TimmLN2d,)
 except ImportError:  # timm is a dependency, but the graph builder does not need it
     _timm_fx = None
 
@@ -36,7 +36,7 @@ class _Tracer(fx.Tracer):
         self._leaves = tuple(_timm_fx.get_notrace_modules()) if _timm_fx else ()
 
     def is_leaf_module(self, m, qualname):
-        if isinstance(m, self._leaves + _BN_TYPES + _LN_TYPES):
+        if isinstance(m, self._leaves + BN_TYPES + LN_TYPES):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -71,11 +71,10 @@ def _probe_shapes(module: nn.Module, input_size, device) -> dict[str, tuple[tupl
 
 def _module_macs(m: nn.Module, in_shape, out_shape) -> int:
     if isinstance(m, nn.Conv2d):
-        kh, kw = m.kernel_size
-        return int(kh * kw * (m.in_channels // m.groups) * out_shape[1] * out_shape[2] * out_shape[3])
+        return macs(m.kernel_size, m.in_channels // m.groups, m.out_channels, out_shape[2] * out_shape[3])
     # Linear: one MAC per input feature per output element, over all leading positions
     positions = int(np.prod(out_shape[:-1])) // out_shape[0] if len(out_shape) > 1 else 1
-    return int(m.in_features * m.out_features * positions)
+    return macs((1, 1), m.in_features, m.out_features, positions)
 
 
 def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channels: int = 4,
@@ -113,11 +112,11 @@ def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channel
                 first_user_chain[node] = node.target
                 order.append(node.target)
                 continue
-            if isinstance(m, _BN_TYPES + _LN_TYPES):
+            if isinstance(m, BN_TYPES + LN_TYPES):
                 arg = node.args[0]
                 p = first_user_chain.get(arg) if isinstance(arg, fx.Node) else None
                 if p is not None and len(arg.users) == 1 and p not in own_norm:
-                    own_norm[p] = (node.target, "bn" if isinstance(m, _BN_TYPES) else "ln")
+                    own_norm[p] = (node.target, "bn" if isinstance(m, BN_TYPES) else "ln")
             src[node] = ins
         elif node.op in ("call_function", "call_method"):
             ins = sources_of((node.args, node.kwargs))
@@ -145,7 +144,7 @@ def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channel
         if name not in shapes:  # module traced but not executed (dead branch)
             continue
         in_shape, out_shape = shapes[name]
-        macs = _module_macs(m, in_shape, out_shape)
+        n_macs = _module_macs(m, in_shape, out_shape)
         analysed = False
         if not excluded(name):
             if isinstance(m, nn.Conv2d) and m.out_channels >= min_channels:
@@ -154,7 +153,7 @@ def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channel
                 analysed = any(isinstance(modules.get(c), nn.Linear) and len(shapes.get(c, ((),))[0]) == 4
                                for c in consumers.get(name, []))
         if not analysed:
-            other_macs[name] = macs
+            other_macs[name] = n_macs
             continue
         if isinstance(m, nn.Conv2d):
             kind = "conv" if m.groups == 1 else ("dwconv" if m.groups == m.in_channels else "gconv")
@@ -166,7 +165,7 @@ def build_graph(module: nn.Module, input_size: tuple[int, int, int], min_channel
             layer = Layer(name=name, kind="linear", c_in=m.in_features, c_out=m.out_features, groups=1,
                           kernel=(1, 1), stride=(1, 1), out_hw=tuple(out_shape[1:3]), depth=0, layout="nhwc")
             filters[name] = m.weight.detach().float().cpu().numpy()[:, :, None, None].copy()
-        assert layer.macs == macs, (name, layer.macs, macs)
+        assert layer.macs == n_macs, (name, layer.macs, n_macs)
         norm_name, norm_kind = own_norm.get(name, (None, "none"))
         layer.norm, layer.norm_module = norm_kind, norm_name
         # METHOD §6: silence after a per-channel BN; before a channel-mixing norm (LN) or where none follows

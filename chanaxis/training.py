@@ -8,29 +8,58 @@ continues from ``state.pt`` and ends with the weights of an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .errors import ChanaxisError
+from .evaluation import evaluate, module_forward
+from .checkpoints import KIND, MANIFEST, read_manifest
+from .params import Params, as_pairs, param
 from .progress import progress_bar
+from .stage import Context, Stage, Unit, api, run_stage
 
 # every key a data card's [recipe] (or a user override) may carry; anything else is a typo worth stopping for
 RECIPE_KEYS = frozenset({"source", "optimizer", "lr", "momentum", "nesterov", "schedule", "epochs", "weight_decay",
                          "batch_size", "pretrained_lr_scale", "augmentation", "lr_by_model"})
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
-MANIFEST = "manifest.json"
 STATE = "state.pt"
-KIND = "chanaxis-training"
+
+
+@dataclass(frozen=True)
+class TrainParams(Params):
+    epochs: int | None = param(None, "training epochs", "epochs", ge=1, none="the card's recipe")
+    checkpoints: tuple[int, ...] | None = param(None, "epochs whose weights are saved, e.g. 0,1,2,3,5,10,20 (0 = the "
+                                                "initialisation)", "epochs", ge=0,
+                                                none="0,1,2,3,5,10,20,40,… and the last epoch")
+    seed: int = param(0, "initialisation, data order and augmentation seed")
+    pretrained: bool = param(False, "start from timm's pretrained backbone (trained at lr × pretrained_lr_scale)")
+    batch_size: int | None = param(None, "images per training batch", "images", ge=1, none="the card's recipe")
+    max_batches_per_epoch: int | None = param(None, "at most this many batches per epoch", "batches", ge=1,
+                                              none="the whole split", aliases=("--max-batches",))
+    train_subset: int | None = param(None, "train on a fixed random subset of this many images", "images", ge=1,
+                                     none="the whole split")
+    eval_subset: int | None = param(None, "evaluate on a fixed random subset of this many images", "images", ge=1,
+                                    none="the whole split")
+    num_workers: int = param(0, "DataLoader worker processes", "processes", ge=0, aliases=("--workers",))
+    recipe: tuple[tuple[str, Any], ...] | None = param(None, "recipe fields overriding the card's (optimizer, lr, "
+                                                       "momentum, nesterov, schedule, weight_decay, …)",
+                                                       none="the card's recipe", cli=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recipe", as_pairs(self.recipe))  # a dict is accepted, kept as pairs
+        super().__post_init__()
 
 
 def default_schedule(epochs: int) -> list[int]:
@@ -116,20 +145,6 @@ def _atomic_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(run_dir: str | Path) -> dict:
-    p = Path(run_dir) / MANIFEST
-    if not p.is_file():
-        raise ChanaxisError(f"'{run_dir}' is not a chanaxis training run (no {MANIFEST}); create one with "
-                            "`chanaxis train MODEL --dataset D --out RUN_DIR`")
-    try:
-        m = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise ChanaxisError(f"'{p}' is not valid JSON; the run folder is damaged, train into a new --out") from None
-    if m.get("kind") != KIND:
-        raise ChanaxisError(f"'{p}' is not a chanaxis training manifest")
-    return m
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -161,7 +176,7 @@ def _subset_indices(n_total: int, n: int | None, seed: int, stream: int) -> np.n
     return np.sort(np.random.default_rng([seed, stream]).choice(n_total, n, replace=False))
 
 
-def _param_groups(module: nn.Module, head_prefixes: tuple[str, ...], recipe: dict, pretrained: bool) -> list[dict]:
+def param_groups(module: nn.Module, head_prefixes: tuple[str, ...], recipe: dict, pretrained: bool) -> list[dict]:
     """METHOD §8: a pretrained backbone trains at lr × pretrained_lr_scale, the new head at the full lr."""
     if not pretrained:
         return [{"params": [p for p in module.parameters() if p.requires_grad], "lr": recipe["lr"]}]
@@ -187,20 +202,6 @@ def _scheduler(opt, r: dict):
     if r["schedule"] == "cosine":  # stepped once per epoch, over the epochs actually trained
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r["epochs"])
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _e: 1.0)
-
-
-def evaluate(module: nn.Module, loader, device) -> tuple[float, float]:
-    """Mean cross-entropy (nats) and accuracy (%) over the loader."""
-    module.eval()
-    loss, correct, n = 0.0, 0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            z = module(x)
-            loss += float(nn.functional.cross_entropy(z, y, reduction="sum"))
-            correct += int((z.argmax(1) == y).sum())
-            n += len(y)
-    return loss / max(n, 1), 100.0 * correct / max(n, 1)
 
 
 # ------------------------------------------------------------------------------------------------------- training
@@ -247,123 +248,155 @@ def _check_out_dir(out: Path, manifest: dict) -> dict | None:
     return old
 
 
-def train(model_spec_or_model, dataset: str, out_dir: str | Path, epochs: int | None = None,
-          checkpoints: str | list[int] | None = None, seed: int = 0, pretrained: bool = False, device: str = "cpu",
-          batch_size: int | None = None, max_batches_per_epoch: int | None = None, train_subset: int | None = None,
-          eval_subset: int | None = None, recipe: dict | None = None, root: str | None = None, num_workers: int = 0,
-          progress: bool = True) -> dict:
-    """Train from the data card's recipe, checkpointing at the scheduled epochs into ``out_dir``; returns the manifest.
+class TrainStage(Stage):
+    """Training (METHOD §5, §8) into a run folder (`run`). Each epoch needs the last, so the stage has one unit, the
+    resumable epoch loop; the manifest says when it is done.
 
-    ``recipe`` overrides card fields (validated against RECIPE_KEYS). Rerunning the same call on a killed run resumes
-    it; on a finished run it returns at once.
-    """
-    from .data import get_card, indices_sha256, load_dataset
+    `ctx.inputs`: `model_spec` (a timm name, a `Model` or an nn.Module) and `dataset` (a data card name);
+    `ctx.device` and `ctx.data_root` say where it runs and where the data lies."""
 
-    out = Path(out_dir)
-    card = get_card(dataset)
-    name = model_spec_or_model if isinstance(model_spec_or_model, str) else None
-    r = resolve_recipe(card, name or getattr(model_spec_or_model, "spec", {}).get("name"), recipe, epochs, batch_size)
-    schedule = parse_schedule(checkpoints, r["epochs"])
-    if max_batches_per_epoch is not None and max_batches_per_epoch < 1:
-        raise ChanaxisError("--max-batches must be ≥ 1")
-    train_h = load_dataset(dataset, split="train", root=root, transform="train", image_size=card.image_size)
-    eval_h = load_dataset(dataset, split="eval", root=root, transform="eval", image_size=card.image_size)
-    tr_idx = _subset_indices(len(train_h), train_subset, seed, 1)
-    ev_idx = _subset_indices(len(eval_h), eval_subset, seed, 2)
-    model = _open_model(model_spec_or_model, card, seed, pretrained, device)
-    manifest = {
-        "kind": KIND, "chanaxis_version": __version__,
-        "model": {k: v for k, v in model.spec.items() if k != "unexpected_keys"},
-        "dataset": {"name": card.name, "root": train_h.root, "train_split": train_h.split,
-                    "eval_split": eval_h.split, "train_subset": None if tr_idx is None else len(tr_idx),
-                    "train_indices_sha256": None if tr_idx is None else indices_sha256(tr_idx),
-                    "eval_subset": None if ev_idx is None else len(ev_idx), "augment": dict(card.augment)},
-        "recipe": r, "seed": seed, "pretrained": bool(pretrained), "schedule": schedule,
-        "max_batches_per_epoch": max_batches_per_epoch, "device": device,
-        "units": {"loss": "nats (mean cross-entropy)", "acc": "%", "seconds": "s"},
-        "status": "running", "epochs_done": -1, "history": [], "checkpoints": {}, "best": None, "resumed_at": [],
-    }
-    old = _check_out_dir(out, manifest)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    if old is None:
-        _atomic_json(manifest, out / MANIFEST)
+    name = "train"
+    requires = ("train_step",)
+    study_path = "train"
+    Params = TrainParams
+    presets = {"quick": TrainParams(epochs=5, checkpoints=(0, 1, 3, 5), train_subset=12000, eval_subset=2000),
+               "paper": TrainParams()}
+    help = "train a model with the data card's recipe, saving checkpoints on a schedule"
 
-    module = model.module
-    dev = torch.device(device)
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if dev.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        return _train_loop(model, module, dev, manifest, out, r, schedule, seed, pretrained, train_h, eval_h,
-                           tr_idx, ev_idx, max_batches_per_epoch, num_workers, progress)
-    finally:
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+    def job(self, run, ctx: Context) -> "_Job":
+        return ctx.memo(("train", str(run)), lambda: _Job(Path(run), ctx, self))
+
+    def prepare(self, run, ctx: Context) -> None:
+        self.job(run, ctx)  # checks the inputs against the folder, writes the manifest of a new run
+
+    def units(self, run) -> list[Unit]:
+        return [] if self.done(run) else [Unit("train", work=read_manifest(run)["recipe"]["epochs"])]
+
+    def run_unit(self, run, unit: Unit, ctx: Context) -> None:
+        self.job(run, ctx).run(ctx)
+
+    def finish(self, run, ctx: Context) -> dict:
+        ctx.forget("train")
+        return read_manifest(run)
+
+    def done(self, run) -> bool:
+        return (Path(run) / MANIFEST).is_file() and read_manifest(run)["status"] == "done"
 
 
-def _loader(handle, idx, batch_size, shuffle, seed, epoch, num_workers):
-    from torch.utils.data import DataLoader, Subset
-    ds = handle.dataset if idx is None else Subset(handle.dataset, idx.tolist())
-    g = torch.Generator()
-    g.manual_seed(_epoch_seed(seed, epoch))
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
-                      worker_init_fn=_worker_init if num_workers else None, drop_last=False,
-                      persistent_workers=False)
+class _Job:
+    """One training run: its recipe, schedule, data, model and manifest, checked against what ``out`` holds."""
 
+    def __init__(self, out: Path, ctx: Context, stage: TrainStage):
+        from .data import get_card, indices_sha256, load_dataset
+        p = stage.params
+        spec, dataset = ctx.inputs.get("model_spec"), ctx.inputs.get("dataset")
+        if spec is None or dataset is None:
+            raise ChanaxisError("training needs a model and a dataset (chanaxis train MODEL --dataset D --out DIR)")
+        card = get_card(dataset)
+        name = spec if isinstance(spec, str) else None
+        self.r = r = resolve_recipe(card, name or getattr(spec, "spec", {}).get("name"), dict(p.recipe or ()),
+                                    p.epochs, p.batch_size)
+        self.schedule = parse_schedule(p.checkpoints, r["epochs"])
+        root, size = ctx.data_root, card.image_size
+        self.train_h = load_dataset(dataset, split="train", root=root, transform="train", image_size=size)
+        self.eval_h = load_dataset(dataset, split="eval", root=root, transform="eval", image_size=size)
+        self.tr_idx = _subset_indices(len(self.train_h), p.train_subset, p.seed, 1)
+        self.ev_idx = _subset_indices(len(self.eval_h), p.eval_subset, p.seed, 2)
+        self.model = _open_model(spec, card, p.seed, p.pretrained, ctx.device)
+        stage.check_capabilities(self.model)
+        tr_idx, ev_idx, train_h = self.tr_idx, self.ev_idx, self.train_h
+        self.manifest = {
+            "kind": KIND, "chanaxis_version": __version__,
+            "model": {k: v for k, v in self.model.spec.items() if k != "unexpected_keys"},
+            "dataset": {"name": card.name, "root": train_h.root, "train_split": train_h.split,
+                        "eval_split": self.eval_h.split, "train_subset": None if tr_idx is None else len(tr_idx),
+                        "train_indices_sha256": None if tr_idx is None else indices_sha256(tr_idx),
+                        "eval_subset": None if ev_idx is None else len(ev_idx), "augment": dict(card.augment)},
+            "recipe": r, "seed": p.seed, "pretrained": bool(p.pretrained), "schedule": self.schedule,
+            "max_batches_per_epoch": p.max_batches_per_epoch, "device": ctx.device,
+            "units": {"loss": "nats (mean cross-entropy)", "acc": "%", "seconds": "s"},
+            "status": "running", "epochs_done": -1, "history": [], "checkpoints": {}, "best": None, "resumed_at": [],
+        }
+        old = _check_out_dir(out, self.manifest)
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if old is None:
+            _atomic_json(self.manifest, out / MANIFEST)
+        self.out, self.p = out, p
 
-def _train_loop(model, module, dev, manifest, out, r, schedule, seed, pretrained, train_h, eval_h, tr_idx, ev_idx,
-                max_batches, num_workers, progress) -> dict:
-    opt = _optimizer(_param_groups(module, tuple(getattr(model, "exclude_prefixes", ())), r, pretrained), r)
-    sched = _scheduler(opt, r)
-    state_path = out / STATE
-    ckpt_dir = out / "checkpoints"
-    start = 0
-    if state_path.exists():
+    def run(self, ctx: Context) -> None:
+        """The epoch loop, deterministic (torch's deterministic algorithms, per-epoch seeds) and resumable."""
+        dev = torch.device(ctx.device)
+        prev_det = torch.are_deterministic_algorithms_enabled()
+        prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+        if dev.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
         try:
-            st = torch.load(state_path, map_location=dev, weights_only=False)
-        except Exception as e:  # noqa: BLE001 - a damaged state file is the folder's fault
-            raise ChanaxisError(f"cannot read '{state_path}' ({type(e).__name__}); delete it to restart the run from "
-                                "scratch") from None
-        module.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        manifest.update({k: st["manifest"][k] for k in ("history", "checkpoints", "best", "resumed_at")})
-        start = st["epoch"] + 1
-        if start <= r["epochs"]:
-            manifest["resumed_at"].append(start)
-    eval_loader = _loader(eval_h, ev_idx, r["batch_size"], False, seed, 0, num_workers)
-    n_train = len(train_h) if tr_idx is None else len(tr_idx)
-    n_batches = -(-n_train // r["batch_size"])
-    if max_batches:
-        n_batches = min(n_batches, max_batches)
+            # the stage's own bar when run by run_stage (one live display), else one of its own
+            with contextlib.nullcontext(ctx.bar) if ctx.bar is not None else progress_bar(ctx.progress) as bar:
+                self._loop(dev, bar)
+        finally:
+            torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
 
-    def finish_epoch(epoch: int, row: dict) -> None:
-        manifest["history"] = [h for h in manifest["history"] if h["epoch"] < epoch] + [row]
-        sd = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        if epoch in schedule:
-            rel = f"checkpoints/epoch_{epoch:04d}.pt"
-            _atomic_save(sd, out / rel)
-            manifest["checkpoints"][str(epoch)] = rel
-        best = manifest["best"]
-        if best is None or row["eval_acc"] > best["eval_acc"]:
-            _atomic_save(sd, ckpt_dir / "best.pt")
-            manifest["best"] = {"epoch": epoch, "eval_acc": row["eval_acc"], "path": "checkpoints/best.pt"}
-        manifest["epochs_done"] = epoch
-        manifest["status"] = "done" if epoch == r["epochs"] else "running"
-        # the manifest first, the state last: a kill in between only makes the next run redo this epoch
-        _atomic_json(manifest, out / MANIFEST)
-        _atomic_save({"epoch": epoch, "model": sd, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "rng": _rng_state(), "manifest": {k: manifest[k] for k in
-                                                        ("history", "checkpoints", "best", "resumed_at")}},
-                     state_path)
+    def _loop(self, dev, bar) -> None:
+        model, module, manifest, out, r, schedule = (self.model, self.model.module, self.manifest, self.out, self.r,
+                                                     self.schedule)
+        seed, num_workers, max_batches = self.p.seed, self.p.num_workers, self.p.max_batches_per_epoch
+        opt = _optimizer(param_groups(module, tuple(getattr(model, "exclude_prefixes", ())), r, self.p.pretrained), r)
+        sched = _scheduler(opt, r)
+        state_path = out / STATE
+        ckpt_dir = out / "checkpoints"
+        start = 0
+        if state_path.exists():
+            try:
+                st = torch.load(state_path, map_location=dev, weights_only=False)
+            except Exception as e:  # noqa: BLE001 - a damaged state file is the folder's fault
+                raise ChanaxisError(f"cannot read '{state_path}' ({type(e).__name__}); delete it to restart the run "
+                                    "from scratch") from None
+            module.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            manifest.update({k: st["manifest"][k] for k in ("history", "checkpoints", "best", "resumed_at")})
+            start = st["epoch"] + 1
+            if start <= r["epochs"]:
+                manifest["resumed_at"].append(start)
+        eval_loader = _loader(self.eval_h, self.ev_idx, r["batch_size"], False, seed, 0, num_workers)
+        n_train = len(self.train_h) if self.tr_idx is None else len(self.tr_idx)
+        n_batches = -(-n_train // r["batch_size"])
+        if max_batches:
+            n_batches = min(n_batches, max_batches)
 
-    with progress_bar(progress) as bar:
+        def finish_epoch(epoch: int, row: dict) -> None:
+            manifest["history"] = [h for h in manifest["history"] if h["epoch"] < epoch] + [row]
+            sd = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+            if epoch in schedule:
+                rel = f"checkpoints/epoch_{epoch:04d}.pt"
+                _atomic_save(sd, out / rel)
+                manifest["checkpoints"][str(epoch)] = rel
+            best = manifest["best"]
+            if best is None or row["eval_acc"] > best["eval_acc"]:
+                _atomic_save(sd, ckpt_dir / "best.pt")
+                manifest["best"] = {"epoch": epoch, "eval_acc": row["eval_acc"], "path": "checkpoints/best.pt"}
+            manifest["epochs_done"] = epoch
+            # the manifest first, the state last: a kill in between only makes the next run redo this epoch
+            _atomic_json(manifest, out / MANIFEST)
+            _atomic_save({"epoch": epoch, "model": sd, "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "rng": _rng_state(),
+                          "manifest": {k: manifest[k] for k in ("history", "checkpoints", "best", "resumed_at")}},
+                         state_path)
+            if epoch == r["epochs"]:  # "done" only once state.pt is final too: the stage's done() reads it
+                manifest["status"] = "done"
+                _atomic_json(manifest, out / MANIFEST)
+
+        def measure() -> tuple[float, float]:
+            loss, acc = evaluate(module_forward(module, dev), eval_loader)
+            return float(loss), float(acc)
+
         task = bar.add_task("train", total=r["epochs"] * n_batches, completed=max(0, start - 1) * n_batches)
         if start == 0:
             t0 = time.perf_counter()
-            el, ea = evaluate(module, eval_loader, dev)
+            el, ea = measure()
             finish_epoch(0, {"epoch": 0, "train_loss": None, "train_acc": None, "eval_loss": el, "eval_acc": ea,
                              "lr": None, "seconds": time.perf_counter() - t0})
             bar.console.print(f"epoch 0 (initialisation): eval loss {el:.4f} nats, eval accuracy {ea:.2f} %")
@@ -371,7 +404,7 @@ def _train_loop(model, module, dev, manifest, out, r, schedule, seed, pretrained
         for epoch in range(start, r["epochs"] + 1):
             t0 = time.perf_counter()
             _seed_all(_epoch_seed(seed, epoch))  # augmentation, dropout: a function of (seed, epoch) only
-            loader = _loader(train_h, tr_idx, r["batch_size"], True, seed, epoch, num_workers)
+            loader = _loader(self.train_h, self.tr_idx, r["batch_size"], True, seed, epoch, num_workers)
             module.train()
             loss_sum, correct, n = 0.0, 0, 0
             lr = opt.param_groups[-1]["lr"]
@@ -390,13 +423,38 @@ def _train_loop(model, module, dev, manifest, out, r, schedule, seed, pretrained
                 bar.update(task, advance=1, description=f"train epoch {epoch}/{r['epochs']}  loss "
                                                         f"{loss_sum / n:.3f} nats  acc {100 * correct / n:.1f} %")
             sched.step()
-            el, ea = evaluate(module, eval_loader, dev)
+            el, ea = measure()
             row = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "train_acc": 100.0 * correct / max(n, 1),
                    "eval_loss": el, "eval_acc": ea, "lr": lr, "seconds": time.perf_counter() - t0}
             finish_epoch(epoch, row)
-            bar.console.print(f"epoch {epoch}/{r['epochs']}: train loss {row['train_loss']:.4f} nats, train accuracy "
-                              f"{row['train_acc']:.2f} %, eval loss {el:.4f} nats, eval accuracy {ea:.2f} %, "
+            bar.console.print(f"epoch {epoch}/{r['epochs']}: train loss {row['train_loss']:.4f} nats, train "
+                              f"accuracy {row['train_acc']:.2f} %, eval loss {el:.4f} nats, eval accuracy {ea:.2f} %, "
                               f"{row['seconds']:.1f} s" + ("  [checkpoint]" if epoch in schedule else ""))
-    if manifest["status"] != "done":  # nothing left to do (a finished run rerun)
-        manifest = read_manifest(out)
-    return manifest
+        if start > r["epochs"]:  # killed after the last state.pt but before the manifest said "done"
+            m = read_manifest(out)
+            _atomic_json({**m, "status": "done"}, out / MANIFEST)
+
+
+def _loader(handle, idx, batch_size, shuffle, seed, epoch, num_workers):
+    from torch.utils.data import DataLoader, Subset
+    ds = handle.dataset if idx is None else Subset(handle.dataset, idx.tolist())
+    g = torch.Generator()
+    g.manual_seed(_epoch_seed(seed, epoch))
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
+                      worker_init_fn=_worker_init if num_workers else None, drop_last=False,
+                      persistent_workers=False)
+
+
+def train(model, dataset: str, out: str | Path, *, device: str = "cpu", progress: bool = True,
+          root: str | None = None, **params) -> dict:
+    """Train `model` (a timm name, a `Model` or an nn.Module) on `dataset` from the data card's recipe, saving
+    checkpoints at the scheduled epochs into the folder `out`; returns the manifest.
+
+    `recipe` overrides card fields (validated against RECIPE_KEYS); `root` is where the dataset lies. Rerunning the
+    same call on a killed run resumes it; on a finished run it returns at once."""
+    stage = TrainStage(**params)
+    ctx = Context(device=device, progress=progress, data_root=root, model_spec=model, dataset=dataset)
+    return run_stage(stage, out, ctx)
+
+
+api(TrainStage, train)

@@ -3,25 +3,26 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    s = sub.add_parser("metrics", help="compute the local/target channel metrics and structure analyses of a run")
+    from chanaxis.cli.common import add_run_options
+    from chanaxis.cli.options import add_params
+    from chanaxis.stages.metrics import MetricsStage
+    s = sub.add_parser("metrics", help=MetricsStage.help)
     s.add_argument("run", help="run store (RUN.zarr) written by `chanaxis capture`")
-    s.add_argument("--only", default="local,target,structure", help="comma list of local,target,structure")
     s.add_argument("--workers", type=int, default=None, help="threads for the chunked reductions (1 = serial)")
     s.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (tcp://host:8786)")
-    s.add_argument("--n-null", type=int, default=None, help="rewired-null graphs per modularity (default 5)")
-    s.add_argument("--seed", type=int, default=None, help="seed of k-means, nulls and triplet sampling (default 0)")
-    s.add_argument("--quiet", action="store_true")
+    add_params(s, MetricsStage.Params)
+    add_run_options(s, overwrite="recompute metrics made with other parameters")
     s.set_defaults(func=run)
 
 
 def run(a) -> None:
-    from rich.console import Console
-
-    from chanaxis.stages.metrics import metrics
+    from chanaxis.cli.common import device, out
+    from chanaxis.cli.options import given
+    from chanaxis.stages.metrics import MetricsStage, metrics
     from chanaxis.store import open_run
-    params = {k: v for k, v in (("n_null", a.n_null), ("seed", a.seed)) if v is not None}
-    metrics(a.run, only=[s.strip() for s in a.only.split(",") if s.strip()], scheduler=a.scheduler,
-            workers=a.workers, progress=not a.quiet, **params)
+    metrics(a.run, scheduler=a.scheduler, workers=a.workers, progress=not a.quiet, device=device(a.device),
+            overwrite=a.overwrite,
+            **given(a, MetricsStage.Params))
     tree = open_run(a.run)
     m = tree["metrics"].to_dataset()
     msg = f"[green]metrics[/] for {m.sizes['unit']} channels in {len(set(m.layer.values))} layers written to {a.run}"
@@ -30,4 +31,4 @@ def run(a) -> None:
         if "task_info" in s.metric.values:
             r = float(s["spearman_mean"].sel(metric="input_capture", metric2="task_info"))
             msg += f" (layer-mean Spearman I_X vs I(T;Y) = {r:+.2f})"
-    Console().print(msg)
+    out.print(msg)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    s = sub.add_parser("report", help="print the report of a run; write its figures and JSON summary")
+    from chanaxis.cli.options import add_params
+    from chanaxis.report import ReportStage
+    s = sub.add_parser("report", help=ReportStage.help)
     s.add_argument("run", help="run store (RUN.zarr) or an analyze folder")
-    s.add_argument("--no-figures", action="store_true")
+    add_params(s, ReportStage.Params)
     s.set_defaults(func=run)
 
 
 def run(a) -> None:
-    from chanaxis.report import report
-    from chanaxis.stages.analyze import resolve_store
-    report(resolve_store(a.run), figures=not a.no_figures)
+    from chanaxis.cli.options import given
+    from chanaxis.report import ReportStage, report
+    from chanaxis.study import resolve_store
+    report(resolve_store(a.run), **given(a, ReportStage.Params))

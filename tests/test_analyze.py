@@ -9,7 +9,7 @@ import pytest
 
 import chanaxis
 from chanaxis.errors import ChanaxisError
-from chanaxis.stages.analyze import analyze
+from chanaxis.study import analyze
 
 TINY = {
     "train": {"epochs": 2, "checkpoints": "0,1,2", "train_subset": 256, "eval_subset": 128},
@@ -101,4 +101,4 @@ def test_bad_input(tmp_path, study):
                 stages="capture", data_root=str(tmp_path))
     r = subprocess.run([sys.executable, "-m", "chanaxis.cli.main", "analyze", "test_resnet", "-d", "synthetic",
                         "--preset", "nope", "--out", str(tmp_path / "e")], capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown preset" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "invalid choice: 'nope'" in r.stderr and "Traceback" not in r.stderr

@@ -157,7 +157,7 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_reducer_reads_nchw_and_channels_last_alike():
     """The hook's reduction takes C-vectors and per-image means from the output in its own memory layout (ConvNeXt's
     MLP hands it a channels-last tensor): both layouts give the values of the plain NCHW computation."""
-    from chanaxis.stages.capture import _reducer
+    from chanaxis.sampling import reducer
     g = torch.Generator().manual_seed(0)
     t = torch.randn(3, 5, 4, 6, generator=g)
     pos = torch.randint(0, 24, (3, 7), generator=g)
@@ -167,7 +167,7 @@ def test_reducer_reads_nchw_and_channels_last_alike():
     nhwc_view = t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)   # what the hook sees for an NHWC layer
     assert not nhwc_view.is_contiguous()
     for view in (t, nhwc_view, t.contiguous(memory_format=torch.channels_last)):
-        local, gap = _reducer(pos)(view)
+        local, gap = reducer(pos)(view)
         torch.testing.assert_close(local, want_local)
         torch.testing.assert_close(gap, want_gap)
         view.zero_()  # an in-place op after the hook must not reach what it returned

@@ -369,6 +369,32 @@ def test_corrupt_image_names_the_file(tmp_path, damage):
         data.load_dataset(root, verify=True)
 
 
+# ------------------------------------------------------------------------------------------------ reader registry
+
+def test_a_registered_reader_serves_its_format(monkeypatch):
+    monkeypatch.setitem(data.READERS, "synthetic", data.READERS["synthetic"])  # put back after the test
+    seen = []
+
+    @data.register_reader("synthetic", where="made by the test")
+    def read(card, root, split, transform, *, seed, verify):
+        seen.append((card.name, root, split, seed, verify))
+        labels = np.array([0, 1, 2], dtype=np.int64)
+        return data.Loaded(data.ArrayDataset(np.full((3, 1, 8, 8), 128, np.uint8), labels, transform), labels, None)
+
+    h = data.load_dataset("synthetic", split="val", image_size=8, seed=5, verify=True)
+    assert seen == [("synthetic", None, "test", 5, True)]
+    assert len(h) == 3 and h.targets.tolist() == [0, 1, 2] and h.classes == [str(k) for k in range(10)]
+    assert h.dataset[0][0].shape == (3, 8, 8) and h.root is None
+    assert {a.name: a.where for a in data.availability()}["synthetic"] == "made by the test"
+
+
+def test_unknown_format_names_the_known_ones(monkeypatch):
+    monkeypatch.delitem(data.READERS, "synthetic")
+    with pytest.raises(ChanaxisError, match=r"unknown format 'synthetic'.*known formats: cifar-pickle, idx-gz, "):
+        data.load_dataset("synthetic")
+    assert data.locate("synthetic") is None
+
+
 # --------------------------------------------------------------------------------------------- calibration indices
 
 def test_calibration_indices_follow_the_rng_formula():

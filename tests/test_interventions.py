@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import chanaxis
 from chanaxis.errors import CapabilityError, ChanaxisError
+from chanaxis.evaluation import evaluate, model_forward, tensor_batches
 from chanaxis.interventions import curves, lesion, prune
 from chanaxis.interventions.lesion import layer_damages
 from chanaxis.interventions.masks import PruningPlan, lesion_variants, random_keep, zero_pruned
@@ -264,7 +265,7 @@ def test_known_damage_toy():
     with torch.no_grad():
         Y = model.module.conv(x).permute(0, 2, 3, 1).reshape(-1, 4).numpy()
     mom = Moments.from_samples(Y, np.zeros(len(Y)))
-    base = chanaxis.interventions._common.evaluate(model, x, y, 64)
+    base = evaluate(model_forward(model), tensor_batches(x, y, 64))
     res, mode = layer_damages(model, "conv", x, y, [0, 2, 3], base, mom,
                               {"hull": [[1], [1], [0]], "mean": [[], [], []]}, batch_size=64)
     assert mode == "suffix"
@@ -318,8 +319,8 @@ def test_lesion_store_and_resume(run_store, monkeypatch):
     # the resumed store equals a clean run of the same units
     from chanaxis.reload import model_from_store
     assert model_from_store(run).weights_sha256() == model.weights_sha256()
-    x, y, _ = chanaxis.interventions._common.load_eval_images(run, 8)
-    base = chanaxis.interventions._common.evaluate(model, x, y, 16)
+    x, y, _ = chanaxis.interventions.common.load_eval_images(run, 8)
+    base = evaluate(model_forward(model), tensor_batches(x, y, 16))
     for name in (str(ds.layer.values[0]), str(ds.layer.values[-1])):  # done before and after the interruption
         sel = ds.layer.values == name
         redo, _ = layer_damages(model, name, x, y, ds.channel.values[sel], base)
@@ -392,11 +393,11 @@ class _NoGrad:
 
 def test_bad_input(run_store, capsys):
     run, bare, model = run_store
-    with pytest.raises(ChanaxisError, match="valid methods: input_capture"):
+    with pytest.raises(ChanaxisError, match="methods .* must be one of input_capture, .*not 'sparsity'"):
         prune(run, methods=["sparsity"])
-    with pytest.raises(ChanaxisError, match="valid allocations: global, uniform, taylor_hybrid"):
+    with pytest.raises(ChanaxisError, match="allocation .* must be one of global, uniform, taylor_hybrid"):
         prune(run, allocation="best")
-    with pytest.raises(ChanaxisError, match=r"outside \(0, 1\)"):
+    with pytest.raises(ChanaxisError, match="levels .* must be < 1"):
         prune(run, levels=[0.5, 1.0])
     with pytest.raises(ChanaxisError, match="chanaxis metrics"):
         prune(bare)
@@ -414,3 +415,79 @@ def test_bad_input(run_store, capsys):
     prune(run, model=nograd, methods=["magnitude", "input_capture"], levels=[0.5], seeds=[42], finetune_epochs=0,
           eval_images=32, progress=False, overwrite=True, n_resamples=100)
     assert chanaxis.store.status(run)["pruning"] == "done"
+
+
+# ------------------------------------------------------------------------------------------- the stage contract
+def _fresh_copy(run, dst):
+    """A copy of the store without /lesion and /pruning, so both stages really run in it."""
+    import shutil
+    shutil.copytree(run, dst)
+    grp = chanaxis.store.open_group(dst, mode="r+")
+    for node in (chanaxis.store.LESION, chanaxis.store.PRUNING):
+        if node in grp:
+            del grp[node]
+    return dst
+
+
+def test_units_in_any_order_give_the_same_store(run_store, tmp_path):
+    """A unit depends only on the store and its key: reversed, seed 123's cells run before seed 42's (whose one-shot
+    values seed-free methods otherwise copy) and the last layers first, with identical results."""
+    from chanaxis.interventions.lesion import LesionStage
+    from chanaxis.interventions.prune import PruneStage
+    from chanaxis.stage import Context, run_stage
+    run, _, model = run_store
+    stages = [(LesionStage(fraction=0.03, eval_images=8, batch_size=16), "lesion"),
+              (PruneStage(methods=("magnitude", "random"), levels=(0.3, 0.6), seeds=(42, 123), finetune_epochs=1,
+                          finetune_batches=1, eval_images=8, batch_size=8, n_resamples=100), "pruning")]
+    for stage, node in stages:
+        got = []
+        for i, order in enumerate((None, lambda units: units[::-1])):
+            dst = _fresh_copy(run, tmp_path / f"{node}{i}.zarr")
+            run_stage(stage, dst, Context(model=model, progress=False), order=order)
+            got.append(chanaxis.open_run(dst)[node].to_dataset().compute())
+        assert got[0].identical(got[1]), node
+    assert got[0]["finetune_done"].values.all() and np.isfinite(got[0]["loss_finetuned"].values).all()
+
+
+def test_peer_replacement_uses_the_runs_ridge_lambda(run_store, tmp_path):
+    from chanaxis.interventions.lesion import ridge_lambda
+    run, _, _ = run_store
+    grp = chanaxis.store.open_group(_fresh_copy(run, tmp_path / "lam.zarr"), mode="r+")
+    assert ridge_lambda(grp) == 1e-3
+    grp["metrics"].attrs["parameters"] = {**grp["metrics"].attrs["parameters"], "lam": 0.25}
+    assert ridge_lambda(grp) == 0.25
+
+
+def test_unknown_parameter_names_the_nearest(run_store):
+    run, _, _ = run_store
+    with pytest.raises(ChanaxisError, match="unknown lesion parameter 'fractoin'; did you mean 'fraction'"):
+        chanaxis.lesion(run, fractoin=0.1)
+    with pytest.raises(ChanaxisError, match="fraction .* must be ≤ 1"):
+        lesion(run, fraction=1.5)
+
+
+def test_api_signature_and_help_show_the_parameters():
+    import inspect
+    import pydoc
+    from chanaxis.interventions.prune import LEVELS
+    sig = inspect.signature(chanaxis.prune)
+    assert sig.parameters["levels"].default == LEVELS
+    assert sig.parameters["levels"].kind is inspect.Parameter.KEYWORD_ONLY
+    text = pydoc.render_doc(chanaxis.prune, renderer=pydoc.plaintext)  # what help(chanaxis.prune) shows
+    assert "levels = (0.1, 0.2" in text and "channel sparsities" in text
+    assert {"all_channels", "fraction", "eval_images", "replace"} <= set(inspect.signature(chanaxis.lesion).parameters)
+
+
+def test_cli_options_come_from_the_parameters(run_store, capsys):
+    from chanaxis.cli.main import build_parser, main
+    from chanaxis.cli.options import given
+    from chanaxis.interventions.lesion import LesionParams
+    a = build_parser().parse_args(["lesion", "r.zarr", "--all", "--no-replace", "--eval-images", "none"])
+    assert given(a, LesionParams) == {"all_channels": True, "replace": False, "eval_images": None}
+    run, _, _ = run_store
+    # one level: every method sits at its own MACs reduction, so no interval is common to all of them
+    assert main(["prune", str(run), "--methods", "magnitude", "input_capture", "--levels", "0.5", "--seeds", "42",
+                 "--finetune-epochs", "0", "--eval-images", "16", "--n-resamples", "100", "--overwrite",
+                 "--quiet"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "share no common MACs-reduction interval" in printed and "more or higher --levels" in printed

@@ -289,7 +289,7 @@ def test_rewired_null_keeps_degrees_and_weights():
     rng = np.random.default_rng(13)
     W = rng.random((40, 40))
     G = structure.top_weight_graph(W + W.T, keep_frac=0.2)
-    H = structure._rewire(G, np.random.default_rng(0), swaps_per_edge=2)
+    H = structure.rewire(G, np.random.default_rng(0), swaps_per_edge=2)
     assert dict(G.degree()) == dict(H.degree())
     wG = sorted(d["weight"] for *_, d in G.edges(data=True))
     wH = sorted(d["weight"] for *_, d in H.edges(data=True))
@@ -297,7 +297,7 @@ def test_rewired_null_keeps_degrees_and_weights():
     # the igraph twin: same degrees, same weights, surviving edges keep their own weight
     g = igraph.Graph(n=40, edges=list(G.edges))
     g.es["weight"] = [G.edges[e]["weight"] for e in G.edges]
-    h = structure._rewire_igraph(g, np.random.default_rng(0), swaps_per_edge=2)
+    h = structure.rewire_igraph(g, np.random.default_rng(0), swaps_per_edge=2)
     assert g.degree() == h.degree()
     assert sorted(h.es["weight"]) == wG
     survivors = set(map(frozenset, g.get_edgelist())) & set(map(frozenset, h.get_edgelist()))

@@ -8,7 +8,8 @@ import zarr
 import chanaxis
 from chanaxis.errors import ChanaxisError
 from chanaxis.estimators.structure import grad_cos
-from chanaxis.stages.metrics import layer_moments, metrics
+from chanaxis.moments import compute as layer_moments
+from chanaxis.stages.metrics import metrics
 
 FAST = dict(n_null=1, n_perm=20, n_triplets=200, geometry_images=64)
 
@@ -125,8 +126,12 @@ def test_grad_cos_equals_explicit_patch_covariance(stores, tiny_resnet):
 
 
 def test_bad_input(tmp_path, stores):
-    with pytest.raises(ChanaxisError, match="unknown metric group"):
+    with pytest.raises(ChanaxisError, match="only .* must be one of local, target, structure, not .locl."):
         metrics(stores[0], only=["locl"], progress=False)
+    with pytest.raises(ChanaxisError, match="not .bogus."):
+        metrics(stores[0], only="local,bogus", progress=False)
+    with pytest.raises(ChanaxisError, match="did you mean .n_null."):
+        metrics(stores[0], n_nul=3, progress=False)
     with pytest.raises(ChanaxisError, match="no run store"):
         metrics(tmp_path / "nothing.zarr", progress=False)
 
@@ -138,7 +143,7 @@ def test_geometry_patches_equal_unfold(cin, cout, k, s, p, d, g, size):
     """The geometry pass gathers only the sampled windows; they equal F.unfold's columns at those positions."""
     from types import SimpleNamespace
 
-    from chanaxis.stages.geometry import _patches
+    from chanaxis.geometry import patches
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(cin, cout, k, s, p, d, g)
     x = torch.randn(2, cin, size, size)
@@ -146,5 +151,5 @@ def test_geometry_patches_equal_unfold(cin, cout, k, s, p, d, g, size):
     pos = torch.randint(0, out.shape[2] * out.shape[3], (2, 5))
     cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
     want = cols.gather(2, pos[:, None, :].expand(-1, cols.shape[1], -1)).permute(0, 2, 1)
-    got = _patches(conv, SimpleNamespace(kind="conv", groups=g, out_hw=tuple(out.shape[2:])), x, pos)
+    got = patches(conv, SimpleNamespace(kind="conv", groups=g, out_hw=tuple(out.shape[2:])), x, pos)
     assert torch.equal(got, want.reshape(-1, g, cols.shape[1] // g))

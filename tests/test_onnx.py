@@ -166,7 +166,7 @@ def _metrics(path):
     """Every layer's metrics from its captured samples: the metrics stage's own per-layer function and defaults
     (the stage adds resumable zarr parts, whose I/O would dominate this test's time)."""
     from chanaxis.estimators.stats import Moments
-    from chanaxis.stages.metrics import DEFAULTS, layer_metrics
+    from chanaxis.stages.metrics import MetricsParams, layer_metrics
     tree = chanaxis.open_run(path)
     margin = tree["samples/margin"].values.astype(np.float64)
     out = {}
@@ -175,7 +175,7 @@ def _metrics(path):
         y = ds["local"].values.astype(np.float64)
         t = margin[ds["image_of_sample"].values]
         m = Moments.from_sums(len(y), y.sum(0), y.T @ y, t.sum(), t @ t, y.T @ t)
-        out[name] = layer_metrics(m, ds["weight"].values.astype(np.float64), ("local", "target"), DEFAULTS)
+        out[name] = layer_metrics(m, ds["weight"].values.astype(np.float64), ("local", "target"), MetricsParams().to_dict())
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 
 import chanaxis
 from chanaxis.errors import ChanaxisError
-from chanaxis.training import _param_groups, default_schedule, parse_schedule, resolve_recipe, train
+from chanaxis.training import default_schedule, param_groups, parse_schedule, resolve_recipe, train
 
 ARGS = dict(epochs=3, train_subset=256, batch_size=32, max_batches_per_epoch=2, eval_subset=64, seed=0, progress=False)
 CLI_ARGS = ["--epochs", "3", "--train-subset", "256", "--batch-size", "32", "--max-batches", "2", "--eval-subset", "64",
@@ -139,6 +139,14 @@ def test_bad_inputs(run, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_unknown_parameter_names_the_nearest(tmp_path):
+    with pytest.raises(ChanaxisError, match="'epocs'.*did you mean 'epochs'"):
+        chanaxis.train("test_resnet", "synthetic", tmp_path / "typo", epocs=1)
+    with pytest.raises(ChanaxisError, match="max_batches_per_epoch"):
+        chanaxis.train("test_resnet", "synthetic", tmp_path / "typo", max_batches_per_epoch=0)
+    assert not (tmp_path / "typo").exists()
+
+
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     from chanaxis.cli.main import main
     rc = main(["train", "test_resnet", "-d", "synthetic", "--recipe", "lr_decay=0.1", "--out", str(tmp_path / "x")])
@@ -161,7 +169,7 @@ def test_schedule_and_recipe_rules():
 def test_pretrained_backbone_gets_scaled_lr():
     model = chanaxis.load_model("test_resnet", num_classes=10, image_size=32)
     r = resolve_recipe(chanaxis.data.get_card("synthetic"), "test_resnet")
-    groups = {g.get("name"): g for g in _param_groups(model.module, model.exclude_prefixes, r, pretrained=True)}
+    groups = {g.get("name"): g for g in param_groups(model.module, model.exclude_prefixes, r, pretrained=True)}
     head = {id(p) for p in model.module.fc.parameters()}
     assert {id(p) for p in groups["head"]["params"]} == head and groups["head"]["lr"] == r["lr"]
     assert groups["backbone"]["lr"] == pytest.approx(r["lr"] * r["pretrained_lr_scale"])

@@ -4,13 +4,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from scipy.stats import spearmanr
 
 import chanaxis
 from chanaxis.errors import ChanaxisError
+from chanaxis.stage import Context, run_stage
 from chanaxis.stages.capture import capture
 from chanaxis.stages.metrics import metrics
-from chanaxis.stages.trajectory import epoch_of, trajectory
+from chanaxis.stages.trajectory import TrajectoryStage, epoch_of, trajectory
 from chanaxis.training import train
 
 CAL = dict(n_calibration=48, spatial_samples=4, seed=0)
@@ -46,7 +48,7 @@ def test_store_has_a_checkpoint_dimension(run):
     assert np.isfinite(last).any() and np.allclose(last[np.isfinite(last)], 1.0)
     assert tr["rank_stability_mean"].sel(checkpoint=0, metric="magnitude") < 1.0
     assert set(tr["axis"].values) == {"local", "target"}
-    manifest = chanaxis.training.read_manifest(out)
+    manifest = chanaxis.checkpoints.read_manifest(out)
     assert list(tr["eval_acc"].values) == [h["eval_acc"] for h in manifest["history"]]
     assert tr["eval_acc"].attrs["units"] == "%" and tr["eval_loss"].attrs["units"] == "nats"
     assert "grad_cos" in tr and np.isfinite(tr["grad_cos_mean"].values).all()
@@ -87,6 +89,26 @@ def test_each_checkpoint_equals_a_separate_run(run, tmp_path):
         assert float(tr["calibration_acc"].sel(checkpoint=e)) == pytest.approx(acc)
 
 
+def test_checkpoints_in_reversed_order_give_the_same_store(run, tmp_path):
+    out, path = run
+    ran = []
+    rev = run_stage(TrajectoryStage(**CAL, geometry_images=16), tmp_path / "reversed.zarr",
+                    Context(progress=False, run_dir=out), order=lambda units: ran.extend(units[::-1]) or ran)
+    assert [u.key for u in ran] == ["checkpoint/2", "checkpoint/1", "checkpoint/0"]
+    for node in ("metrics", "trajectory"):
+        a, b = (chanaxis.open_run(p)[node].to_dataset().load() for p in (path, rev))
+        xr.testing.assert_equal(a, b)
+
+
+def test_the_architecture_is_built_once(run, tmp_path, monkeypatch):
+    out, _ = run
+    import chanaxis.registry
+    built, real = [], chanaxis.registry.load_model
+    monkeypatch.setattr(chanaxis.registry, "load_model", lambda *a, **k: built.append(a[0]) or real(*a, **k))
+    path = trajectory(out, out=tmp_path / "once.zarr", **CAL, geometry_images=16, progress=False)
+    assert list(_metrics_of(path)["checkpoint"].values) == [0, 1, 2] and built == ["test_resnet"]
+
+
 def test_folder_of_state_dicts_is_incremental(run, tmp_path, monkeypatch):
     out, path = run
     folder = tmp_path / "ckpts"
@@ -102,10 +124,10 @@ def test_folder_of_state_dicts_is_incremental(run, tmp_path, monkeypatch):
     calls = []
     import chanaxis.stages.capture as cap_mod
     import chanaxis.stages.metrics as met_mod
-    for mod, fn, arg in ((cap_mod, "capture", 2), (met_mod, "metrics", 0)):
-        real = getattr(mod, fn)
-        monkeypatch.setattr(mod, fn, lambda *a, real=real, fn=fn, arg=arg, **k: calls.append((fn, str(a[arg])))
-                            or real(*a, **k))
+    for cls, fn in ((cap_mod.CaptureStage, "capture"), (met_mod.MetricsStage, "metrics")):
+        real = cls.prepare
+        monkeypatch.setattr(cls, "prepare", lambda self, run, ctx, real=real, fn=fn: calls.append((fn, str(run)))
+                            or real(self, run, ctx))
     first = trajectory(folder, dataset="synthetic", model="test_resnet", **CAL, grad_cos=False, progress=False)
     assert calls == [] and list(_metrics_of(first)["checkpoint"].values) == [0, 2]
     shutil.copy(out / "checkpoints/epoch_0001.pt", folder / "epoch_1.pt")

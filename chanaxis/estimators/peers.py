@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .ranks import top_by_abs
+
 LAM = 1e-3
 _TINY = 1e-15
 
@@ -46,9 +48,7 @@ def peer_r2_topk(C, k: int = 8, lam: float = LAM) -> np.ndarray:
     k = min(k, n - 1)
     if k <= 0:
         return np.zeros(n)
-    a = np.abs(C)
-    np.fill_diagonal(a, -1.0)
-    S = np.argpartition(-a, k - 1, axis=1)[:, :k]  # (n, k); order inside S does not change E
+    S = top_by_abs(C, k)  # (n, k); order inside S does not change E
     c = np.take_along_axis(C.T, S, axis=1)  # c[i, s] = C[S[i, s], i]
     M = C[S[:, :, None], S[:, None, :]] + lam * np.eye(k)
     e = np.einsum("ik,ik->i", c, np.linalg.solve(M, c[..., None])[..., 0])

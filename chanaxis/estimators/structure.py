@@ -10,6 +10,7 @@ from scipy.stats import rankdata
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
+from .ranks import percentile_ranks
 from .stats import RHO_MAX, Moments
 from .target import RIDGE, pair_info_all, task_info, triple_info
 
@@ -24,12 +25,30 @@ class SpearmanMatrix(NamedTuple):
 def spearman_matrix(table: dict) -> SpearmanMatrix:
     """Spearman ρ between all columns (scipy.stats.spearmanr's definition: Pearson of average ranks).
 
-    Rows with a NaN in any column are dropped; a constant column gets ρ = 0 off the diagonal and is flagged,
-    where spearmanr would return NaN and warn.
+    Each pair uses the rows where both of its columns are finite (pairwise-complete): a column that is undefined
+    (NaN) everywhere — the target metrics on a one-class dataset — makes its own row and column NaN and leaves the
+    others exact. A column with no spread gets ρ = 0 off the diagonal and is flagged, where spearmanr would return
+    NaN and warn.
     """
     names = list(table)
     X = np.column_stack([np.asarray(table[k], np.float64).reshape(-1) for k in names]) if names else np.zeros((0, 0))
-    X = X[~np.isnan(X).any(1)]
+    ok = np.isfinite(X)
+    if ok.all():
+        return _spearman_complete(names, X)
+    rho = np.full((len(names), len(names)), np.nan)
+    constant = np.zeros(len(names), bool)
+    for i in range(len(names)):
+        for j in range(i, len(names)):
+            rows = ok[:, i] & ok[:, j]
+            if rows.sum() < 2:
+                continue
+            sub = _spearman_complete([names[i], names[j]], X[rows][:, [i, j]])
+            rho[i, j] = rho[j, i] = sub.rho[0, 1] if i != j else 1.0
+            constant[[i, j]] |= sub.constant
+    return SpearmanMatrix(names, rho, constant)
+
+
+def _spearman_complete(names, X) -> SpearmanMatrix:
     R = np.column_stack([rankdata(col) for col in X.T]) if X.size else X
     sd = R.std(0) if len(R) > 1 else np.zeros(len(names))
     constant = sd <= 1e-12 * max(1, len(R))
@@ -38,16 +57,6 @@ def spearman_matrix(table: dict) -> SpearmanMatrix:
     rho = np.clip(Z.T @ Z / max(len(R), 1), -1.0, 1.0)
     np.fill_diagonal(rho, 1.0)
     return SpearmanMatrix(names, rho, constant)
-
-
-def percentile_ranks(x) -> np.ndarray:
-    """Average-tie ranks scaled to (0, 1]; NaN stays NaN."""
-    x = np.asarray(x, np.float64)
-    out = np.full(x.shape, np.nan)
-    ok = ~np.isnan(x)
-    if ok.any():
-        out[ok] = rankdata(x[ok]) / ok.sum()
-    return out
 
 
 def pooled_rank_spearman(per_layer_tables: Iterable[dict]) -> SpearmanMatrix:
@@ -157,7 +166,7 @@ def _q(G) -> tuple[float, int]:
     return float(nx.community.modularity(G, comms, weight="weight")), len(comms)
 
 
-def _rewire(G, rng, swaps_per_edge: float) -> nx.Graph:
+def rewire(G, rng, swaps_per_edge: float) -> nx.Graph:
     """Degree-preserving rewiring; weights of removed edges move onto the created ones."""
     H = G.copy()
     nswap = int(swaps_per_edge * G.number_of_edges())
@@ -178,8 +187,8 @@ def _q_igraph(g) -> tuple[float, int]:
     return float(g.modularity(cl.membership, weights="weight")), len(cl)
 
 
-def _rewire_igraph(g, rng, swaps_per_edge: float):
-    """Degree-preserving rewiring in C (igraph's edge swaps, no loops or multi-edges). As in `_rewire`, an edge that
+def rewire_igraph(g, rng, swaps_per_edge: float):
+    """Degree-preserving rewiring in C (igraph's edge swaps, no loops or multi-edges). As in `rewire`, an edge that
     survives keeps its weight and the weights of the removed edges go, permuted, to the created ones. igraph draws
     from Python's `random`, seeded here from `rng` and restored after."""
     import random
@@ -226,7 +235,7 @@ def modularity(W, keep_frac: float = 0.10, seed: int = 0, n_null: int = 5,
         G = top_weight_graph(W, keep_frac)
         q, n_comm = _q(G)
         n_edges = G.number_of_edges()
-        null = lambda: _q(_rewire(G, rng, swaps_per_edge))[0]  # noqa: E731
+        null = lambda: _q(rewire(G, rng, swaps_per_edge))[0]  # noqa: E731
     else:
         import igraph
         u, v, w = top_weight_edges(W, keep_frac)
@@ -234,7 +243,7 @@ def modularity(W, keep_frac: float = 0.10, seed: int = 0, n_null: int = 5,
         g.es["weight"] = w.tolist()
         q, n_comm = _q_igraph(g)
         n_edges = g.ecount()
-        null = lambda: _q_igraph(_rewire_igraph(g, rng, swaps_per_edge))[0]  # noqa: E731
+        null = lambda: _q_igraph(rewire_igraph(g, rng, swaps_per_edge))[0]  # noqa: E731
     nulls = []
     for _ in range(n_null):
         try:

@@ -5,6 +5,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .ranks import top_by_abs
+
 from .stats import RHO_MAX, Moments, gaussian_mi
 
 RIDGE = 1e-10
@@ -100,11 +102,7 @@ def target_pairs(m: Moments, n_candidates: int = 50, n_top_syn: int = 10, ridge:
     if K <= 0:
         z, e = np.zeros(n), np.zeros((n, 0))
         return TargetPairs(ti, z, z.copy(), ti.copy(), e.astype(np.intp), e, e, e.astype(np.intp))
-    a = np.abs(ryy)  # MI is monotone in |ρ|, and |ρ| has no log to saturate ties
-    np.fill_diagonal(a, -1.0)
-    cand = np.argpartition(-a, K - 1, axis=1)[:, :K]
-    order = np.argsort(-np.take_along_axis(a, cand, 1), axis=1, kind="stable")
-    cand = np.take_along_axis(cand, order, 1)
+    cand = top_by_abs(ryy, K)  # MI is monotone in |ρ|, and |ρ| has no log to saturate ties
     i = np.broadcast_to(np.arange(n)[:, None], cand.shape)
     ip = _pair_info_rho(ryt[i], ryt[cand], ryy[i, cand], ridge)
     ti_i, ti_j = ti[i], ti[cand]

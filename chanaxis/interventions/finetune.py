@@ -56,16 +56,3 @@ def finetune(model, eff: Effective, train_dataset, epochs: int, max_batches: int
                 opt.step()
                 zero_pruned(net, model.graph, eff)
     return net.eval()
-
-
-@torch.no_grad()
-def evaluate_module(net, x, y, batch_size: int, device="cpu") -> tuple[float, float]:
-    """Mean cross-entropy (nats) and accuracy (%) of a plain module."""
-    net.eval()
-    ce = ok = 0.0
-    for lo in range(0, len(x), batch_size):
-        logits = net(x[lo:lo + batch_size].to(device)).float()
-        yb = y[lo:lo + batch_size].to(logits.device)
-        ce += F.cross_entropy(logits, yb, reduction="sum").item()
-        ok += (logits.argmax(1) == yb).sum().item()
-    return ce / len(x), 100.0 * ok / len(x)

@@ -1,21 +1,24 @@
 """Single-channel lesions, peer replacement and the predictor tables (METHOD §6), written to `/lesion`.
 
-Per layer: the evaluation images go through the layer's prefix once; then each lesion (and each replacement
-variant) runs only the suffix, K variants per pass. A layer's results are written as soon as it finishes, with a
-per-layer done flag, so a killed run resumes at the first unfinished layer.
+One unit per layer: the evaluation images go through the layer's prefix once; then each lesion (and each
+replacement variant) runs only the suffix, K variants per pass. A unit writes its layer's slice and then its done
+flag, so a killed run resumes at the unfinished layers, in any order and in any process.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
 from .. import store
 from ..errors import ChanaxisError
-from ..progress import progress_bar
+from ..evaluation import evaluate, model_forward, outcome_sums, tensor_batches
+from ..params import Params, param
+from ..stage import Context, Stage, Unit, api, run_stage
 from . import predictors as pred
 from . import scores as sc
-from ._common import (ce_and_correct, check_stage_config, evaluate, load_eval_images, metrics_table, open_model,
-                      require_metrics, strings)
+from .common import checked_model, load_eval_images, metrics_layers, metrics_table, require_metrics, strings
 from .masks import lesion_variants
 from .replace import LAM, layer_moments, random_peer_sets, replacement_matrix, replacer
 from .suffix import SuffixRunner
@@ -25,11 +28,28 @@ DAMAGE_VARS = ("damage_loss", "damage_acc", "replaced_damage", "replaced_damage_
 REPLACE_KINDS = ("replaced_damage", "replaced_damage_top8", "mean_ablation_damage", "random_peer_damage")
 PEER_SUPPORT = ("hull_score", "peer_r2_full")  # (chosen) the peer-support variables of the incremental R²
 NOT_PREDICTORS = ("dead", "cluster_local", "cluster_target")
+RECOVERY_MIN_DAMAGE = 1e-4
 
 
-def select_channels(m: xr.Dataset, fraction: float, all_channels: bool, seed: int) -> dict[str, np.ndarray]:
-    """Per layer (in /metrics order): a seeded random `fraction` of its channels (≥ 1), or all of them."""
-    layer = strings(m["layer"].values)
+@dataclass(frozen=True)
+class LesionParams(Params):
+    all_channels: bool = param(False, "lesion every channel of every layer (else a seeded --fraction per layer)",
+                               aliases=("--all",))
+    fraction: float = param(0.2, "share of each layer's channels lesioned (at least one per layer)", "fraction",
+                            gt=0, le=1)
+    seed: int = param(0, "seed of the channel choice and of the random-peer control")
+    eval_images: int | None = param(1000, "images of the evaluation split (a seeded subset)", "images", ge=1,
+                                    none="all images of the evaluation split")
+    batch_size: int = param(256, "images × lesion variants per forward pass", "images", ge=1)
+    replace: bool = param(True, "also replace each lesioned channel from its peers, with the controls")
+    suffix: bool = param(True, "run only the network after the layer per variant (else a full forward each)")
+    n_bins: int = param(5, "quantile bins of I(T;Y) for the within-bin Spearman", "bins", ge=1)
+
+
+def select_channels(layer, fraction: float, all_channels: bool, seed: int) -> dict[str, np.ndarray]:
+    """Per layer (in /metrics order; `layer` is each /metrics row's layer): a seeded random `fraction` of its
+    channels (≥ 1), or all of them."""
+    layer = strings(layer)
     out = {}
     for d, name in enumerate(dict.fromkeys(layer)):
         c = int((layer == name).sum())
@@ -41,76 +61,153 @@ def select_channels(m: xr.Dataset, fraction: float, all_channels: bool, seed: in
     return out
 
 
-def lesion(run, all_channels: bool = False, fraction: float = 0.2, seed: int = 0, eval_images: int | None = 1000,
-           batch_size: int = 256, replace: bool = True, device: str = "cpu", model=None, progress: bool = True,
-           overwrite: bool = False, suffix: bool = True, n_bins: int = 5) -> str:
-    """Lesion channels of every layer of the run store at `run`; fills `/lesion`; resumable; returns the path."""
-    if not all_channels and not 0.0 < fraction <= 1.0:
-        raise ChanaxisError(f"--fraction must be in (0, 1], not {fraction}")
-    if batch_size < 1:
-        raise ChanaxisError(f"--batch-size must be ≥ 1, not {batch_size}")
-    grp = store.open_group(run, mode="r+")
-    require_metrics(run, grp)
-    config = {"all": bool(all_channels), "fraction": 1.0 if all_channels else float(fraction), "seed": int(seed),
-              "eval_images": eval_images, "replace": bool(replace), "ridge_lam": LAM, "n_bins": n_bins,
-              "peer_support": list(PEER_SUPPORT), "recovery_min_damage": 1e-4}
-    check_stage_config(grp, "lesion", config, overwrite, f"lesion {run}")
-    if grp.attrs.get("status", {}).get("lesion") == "done" and "lesion" in grp:
+def ridge_lambda(grp) -> float:
+    """The ridge λ the metrics stage used (its `lam`): peer replacement fits with the same one."""
+    lam = dict(grp[store.METRICS].attrs.get("parameters") or {}).get("lam")
+    if lam is None:
+        lam = dict(grp.attrs.get("metrics_config") or {}).get("lam")
+    if lam is None:
+        raise ChanaxisError("/metrics records no ridge lambda (parameter 'lam'); rerun `chanaxis metrics RUN`")
+    return float(lam)
+
+
+class LesionStage(Stage):
+    """Lesions (METHOD §6): one unit per layer (its chosen channels silenced, then replaced from each peer set);
+    `finish` assembles /lesion and its predictor tables. `ctx.inputs`: optional `overwrite`."""
+
+    name = "lesion"
+    needs = ("metrics",)
+    Params = LesionParams
+    presets = {"quick": LesionParams(fraction=0.2, eval_images=400),
+               "paper": LesionParams(fraction=0.2, eval_images=None)}
+    help = ("silence channels one at a time, replace them from their peers, and test which metric predicts the "
+            "damage (METHOD §6)")
+
+    def config(self, grp) -> dict:
+        p = self.params
+        return {"all": p.all_channels, "fraction": 1.0 if p.all_channels else p.fraction, "seed": p.seed,
+                "eval_images": p.eval_images, "replace": p.replace, "ridge_lam": ridge_lambda(grp),
+                "n_bins": p.n_bins, "peer_support": list(PEER_SUPPORT), "recovery_min_damage": RECOVERY_MIN_DAMAGE}
+
+    def done(self, run) -> bool:
+        # --overwrite deletes the node but not the status: only a status with its node counts
+        return super().done(run) and store.LESION in store.open_group(run)
+
+    def prepare(self, run, ctx: Context) -> None:
+        grp = store.open_group(run, mode="r+")
+        require_metrics(run, grp)
+        config = self.config(grp)
+        store.check_node_config(grp, store.LESION, config, bool(ctx.inputs.get("overwrite")), f"lesion {run}")
+        if self.done(run):
+            return
+        m = self._metrics(run, ctx)
+        needed = ("input_capture", "task_info") + (("hull_members", "top8_peers") if self.params.replace else ())
+        missing = [k for k in needed if k not in m]
+        if missing:
+            raise ChanaxisError(f"/metrics lacks '{missing[0]}' (lesions need the local and target metrics); rerun "
+                                f"`chanaxis metrics {run} --only local,target`")
+        if self.params.replace and not hasattr(checked_model(run, ctx), "module"):
+            raise ChanaxisError("peer replacement rewrites a layer's output inside a torch model, which this model "
+                                "is not; pass --no-replace to lesion without it")
+        chans = self._channels(run, ctx)
+        _raw_group(grp, config, list(chans), sum(len(v) for v in chans.values()))
+        store.set_status(grp, self.name, "running")
+
+    def units(self, run) -> list[Unit]:
+        if self.done(run):
+            return []
+        grp = store.open_group(run)
+        p = self.params
+        chans = select_channels(metrics_layers(grp), p.fraction, p.all_channels, p.seed)
+        done = np.asarray(grp[store.LESION]["layer_done"][...], bool)
+        per = 1 + (len(REPLACE_KINDS) if p.replace else 0)
+        return [Unit(f"layer/{name}", (li, name), work=len(ch) * per)
+                for li, (name, ch) in enumerate(chans.items()) if not done[li]]
+
+    def run_unit(self, run, unit: Unit, ctx: Context) -> None:
+        """One layer: its lesions and replacements, written as one slice, then its done flag."""
+        p = self.params
+        li, name = unit.data
+        model = checked_model(run, ctx)
+        chans = self._channels(run, ctx)
+        ch = chans[name]
+        x, y, _ = self._eval(run, ctx)
+        peer_sets, moments = None, None
+        if p.replace:
+            m = self._metrics(run, ctx)
+            rows = np.flatnonzero(strings(m["layer"].values) == name)[ch]
+            hull = [r[r >= 0] for r in np.asarray(m["hull_members"].values)[rows]]
+            top8 = [r[r >= 0] for r in np.asarray(m["top8_peers"].values)[rows]]
+            rand = random_peer_sets([len(h) for h in hull], model.graph[name].c_out, ch, seed=[p.seed, li])
+            peer_sets = dict(zip(REPLACE_KINDS, (hull, top8, [[]] * len(ch), rand)))
+            moments = layer_moments(run, name)
+        res, mode = layer_damages(model, name, x, y, ch, self._base(run, ctx), moments, peer_sets, p.batch_size,
+                                  p.suffix, lam=self._lam(run, ctx))
+        lo = sum(len(chans[n]) for n in list(chans)[:li])
+        lg = store.open_group(run, mode="r+")[store.LESION]
+        for k, v in res.items():
+            lg[k][lo:lo + len(ch)] = v
+        lg["run_mode"][li] = mode
+        lg["layer_done"][li] = True  # last: the layer counts only once its results are on disk
+
+    def finish(self, run, ctx: Context) -> str:
+        if not self.done(run):
+            grp = store.open_group(run, mode="r+")
+            if not np.asarray(grp[store.LESION]["layer_done"][...], bool).all():
+                raise ChanaxisError(f"the lesions of '{run}' have unfinished layers; rerun the same command to resume")
+            base_loss, base_acc = self._base(run, ctx)
+            _finish(grp, self._metrics(run, ctx), self.config(grp), self._channels(run, ctx), base_loss, base_acc,
+                    self._eval(run, ctx)[2], self.params.n_bins, self.params.replace)
+            store.set_status(grp, self.name, "done")
+        ctx.forget("lesion")
         return str(run)
-    m = metrics_table(run)
-    missing = [k for k in ("input_capture", "task_info") + (("hull_members", "top8_peers") if replace else ())
-               if k not in m]
-    if missing:
-        raise ChanaxisError(f"/metrics lacks '{missing[0]}' (lesions need the local and target metrics); rerun "
-                            f"`chanaxis metrics {run} --only local,target`")
-    model = open_model(run, model, device)
-    if replace and not hasattr(model, "module"):
-        raise ChanaxisError("peer replacement rewrites a layer's output inside a torch model, which this model "
-                            "is not; pass --no-replace to lesion without it")
-    chans = select_channels(m, fraction, all_channels, seed)
-    names = list(chans)
-    offsets = np.cumsum([0] + [len(v) for v in chans.values()])
-    n_units = int(offsets[-1])
-    lg = _raw_group(grp, config, names, n_units)
-    done = np.asarray(lg["layer_done"][...], bool)
-    x, y, einfo = load_eval_images(run, eval_images)
-    store.set_status(grp, "lesion", "running")
-    base_loss, base_acc = evaluate(model, x, y, batch_size)
-    layer_of_metrics = strings(m["layer"].values)
-    with progress_bar(progress) as bar:
-        per = 1 + (len(REPLACE_KINDS) if replace else 0)
-        todo = [i for i, n in enumerate(names) if not done[i]]
-        task = bar.add_task("lesion", total=n_units * per,
-                            completed=sum(len(chans[names[i]]) for i in range(len(names)) if done[i]) * per)
-        for li in todo:
-            name = names[li]
-            ch = chans[name]
-            peer_sets, moments = None, None
-            if replace:
-                rows = np.flatnonzero(layer_of_metrics == name)[ch]
-                hull = [r[r >= 0] for r in np.asarray(m["hull_members"].values)[rows]]
-                top8 = [r[r >= 0] for r in np.asarray(m["top8_peers"].values)[rows]]
-                rand = random_peer_sets([len(h) for h in hull], model.graph[name].c_out, ch, seed=[seed, li])
-                peer_sets = dict(zip(REPLACE_KINDS, (hull, top8, [[]] * len(ch), rand)))
-                moments = layer_moments(run, name)
-            res, mode = layer_damages(model, name, x, y, ch, (base_loss, base_acc), moments, peer_sets,
-                                      batch_size, suffix, advance=lambda n: bar.update(task, advance=n))
-            sl = slice(int(offsets[li]), int(offsets[li + 1]))
-            for k, v in res.items():
-                lg[k][sl] = v
-            lg["run_mode"][li] = mode
-            lg["layer_done"][li] = True  # last: the layer counts only once its results are on disk
-    _finish(run, grp, m, config, chans, names, base_loss, base_acc, einfo, n_bins, replace)
-    store.set_status(grp, "lesion", "done")
-    return str(run)
+
+    # ------------------------------------------------------------- per-process state, rebuilt from the store
+    def _metrics(self, run, ctx):
+        return ctx.memo(("lesion", str(run), "metrics"), lambda: metrics_table(run))
+
+    def _channels(self, run, ctx):
+        p = self.params
+        return ctx.memo(("lesion", str(run), "channels", p.fraction, p.all_channels, p.seed),
+                        lambda: select_channels(self._metrics(run, ctx)["layer"].values, p.fraction,
+                                                p.all_channels, p.seed))
+
+    def _eval(self, run, ctx):
+        return ctx.memo(("lesion", str(run), "eval", self.params.eval_images),
+                        lambda: load_eval_images(run, self.params.eval_images))
+
+    def _base(self, run, ctx) -> tuple[float, float]:
+        """Loss and accuracy of the intact model on the evaluation images (what every damage is relative to)."""
+        x, y, _ = self._eval(run, ctx)
+        model = checked_model(run, ctx)
+        return ctx.memo(("lesion", str(run), "base", self.params.eval_images, self.params.batch_size),
+                        lambda: evaluate(model_forward(model), tensor_batches(x, y, self.params.batch_size)))
+
+    def _lam(self, run, ctx) -> float:
+        return ctx.memo(("lesion", str(run), "lam"), lambda: ridge_lambda(store.open_group(run)))
+
+
+def lesion(run, *, device: str = "cpu", model=None, progress: bool = True, overwrite: bool = False,
+           **params) -> str:
+    """Lesion channels of every layer of the run store at `run`; fills `/lesion`; resumable; returns the path.
+    `model`: the store's model when the store cannot rebuild it (an nn.Module); `overwrite` redoes a /lesion made
+    with other parameters."""
+    stage = LesionStage(**params)
+    ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, overwrite=overwrite)
+    return run_stage(stage, run, ctx)
+
+
+api(LesionStage, lesion)
 
 
 def layer_damages(model, layer: str, x, y, channels, base: tuple[float, float], moments=None,
-                  peer_sets: dict | None = None, batch_size: int = 256, suffix: bool = True, advance=None):
+                  peer_sets: dict | None = None, batch_size: int = 256, suffix: bool = True, advance=None,
+                  lam: float = LAM):
     """Damage of silencing each of `channels` of `layer` on (x, y), and of replacing it from each peer set.
 
     Returns ({"damage_loss" (nats), "damage_acc" (%), one loss damage per peer-set kind}, execution mode).
-    `peer_sets`: kind → one peer list per channel; `moments` (calibration Moments) fit the ridge replacement."""
+    `peer_sets`: kind → one peer list per channel; `moments` (calibration Moments) fit the ridge replacement with
+    ridge `lam` (the stage passes the metrics stage's)."""
     spec = model.graph[layer]
     ch = np.asarray(channels, np.intp)
     runner = SuffixRunner(model, layer, use_fx=suffix)
@@ -121,7 +218,7 @@ def layer_damages(model, layer: str, x, y, channels, base: tuple[float, float], 
     repl = None
     if kinds:
         sets = [s for k in kinds for s in peer_sets[k]]
-        repl = replacement_matrix(moments, np.tile(ch, len(kinds)), sets, LAM)
+        repl = replacement_matrix(moments, np.tile(ch, len(kinds)), sets, lam)
     n_var = len(ch) * (1 + len(kinds))
     ce, ok = np.zeros(n_var), np.zeros(n_var)
     for lo in range(0, len(x), nb):
@@ -129,7 +226,7 @@ def layer_damages(model, layer: str, x, y, channels, base: tuple[float, float], 
         cache = runner.prefix(xb)
         for k0 in range(0, len(ch), k_var):
             k1 = min(len(ch), k0 + k_var)
-            c, a = ce_and_correct(runner.run(cache, mask=masks[k0:k1]), yb)
+            c, a = outcome_sums(runner.run(cache, mask=masks[k0:k1]), yb)
             ce[k0:k1] += c
             ok[k0:k1] += a
             if advance:
@@ -139,7 +236,7 @@ def layer_damages(model, layer: str, x, y, channels, base: tuple[float, float], 
             for k0 in range(0, len(t), k_var):
                 k1 = min(len(t), k0 + k_var)
                 fn = replacer(t[k0:k1], B[k0:k1], b[k0:k1], spec.layout)
-                c, _ = ce_and_correct(runner.run(cache, replace=fn, k=k1 - k0), yb)
+                c, _ = outcome_sums(runner.run(cache, replace=fn, k=k1 - k0), yb)
                 ce[len(ch) + k0:len(ch) + k1] += c
                 if advance:
                     advance((k1 - k0) * len(xb) / len(x))
@@ -152,10 +249,10 @@ def layer_damages(model, layer: str, x, y, channels, base: tuple[float, float], 
 
 
 def _raw_group(grp, config, names, n_units):
-    if "lesion" in grp and "layer_done" in grp["lesion"]:
-        return grp["lesion"]
-    lg = grp.require_group("lesion")
-    lg.attrs["config"] = store._jsonable(config)
+    if store.LESION in grp and "layer_done" in grp[store.LESION]:
+        return grp[store.LESION]
+    lg = grp.require_group(store.LESION)
+    lg.attrs["config"] = store.jsonable(config)
     for k in DAMAGE_VARS:
         store.new_array(lg, k, (n_units,), ["unit"], "float64")[:] = np.nan
     store.new_array(lg, "layer_done", (len(names),), ["layer"], "bool", chunks=(1,))
@@ -163,8 +260,10 @@ def _raw_group(grp, config, names, n_units):
     return lg
 
 
-def _finish(run, grp, m, config, chans, names, base_loss, base_acc, einfo, n_bins, replace):
-    lg = grp["lesion"]
+def _finish(grp, m, config, chans, base_loss, base_acc, einfo, n_bins, replace):
+    """/lesion from the raw per-layer slices: damages, recoveries, provenance; then /lesion/predictors."""
+    names = list(chans)
+    lg = grp[store.LESION]
     data = {k: np.asarray(lg[k][...], np.float64) for k in DAMAGE_VARS}
     modes = [str(v) for v in strings(lg["run_mode"][...])]
     layer_of_metrics = strings(m["layer"].values)
@@ -196,23 +295,26 @@ def _finish(run, grp, m, config, chans, names, base_loss, base_acc, einfo, n_bin
             ds[rk] = ("unit", rec, {"units": "fraction", "description": f"(damage − {k}) / damage; NaN where "
                                     f"damage ≤ {floor} nats"})
     execution = {n: md for n, md in zip(names, modes)}
-    ds.attrs.update({"config": store._jsonable(config), "base_loss_nats": float(base_loss),
+    ds.attrs.update({"config": store.jsonable(config), "base_loss_nats": float(base_loss),
                      "base_accuracy_pct": float(base_acc), "eval": einfo, "execution": execution,
                      "suffix_runs": all(v == "suffix" for v in modes),
                      "lesion": "post-BN zero where a per-channel BN follows, else the layer output itself (METHOD §6)",
-                     "replacement": f"ridge (lambda {LAM} on standardised channels) from calibration moments; fed "
-                                    "at the pre-norm hook point, then the layer's norm as usual"})
+                     "ridge_lam": config["ridge_lam"],
+                     "replacement": f"ridge (lambda {config['ridge_lam']:g}, the metrics stage's, on standardised "
+                                    "channels) from calibration moments; fed at the pre-norm hook point, then the "
+                                    "layer's norm as usual"})
     ds["layer_done"] = ("layer_index", np.ones(len(names), bool))
     ds["run_mode"] = ("layer_index", strings(modes))
-    store.write_dataset(grp, "lesion", ds)
-    grp["lesion"].attrs["config"] = store._jsonable(config)
-    store.write_dataset(grp, "lesion/predictors", _predictor_dataset(m, rows, ds, n_bins))
+    store.write_dataset(grp, store.LESION, ds)
+    grp[store.LESION].attrs["config"] = store.jsonable(config)
+    store.write_dataset(grp, f"{store.LESION}/predictors", _predictor_dataset(m, rows, ds, n_bins))
 
 
 def _predictor_dataset(m, rows, ds, n_bins) -> xr.Dataset:
     sub = m.isel(unit=rows)
-    scores = {k: np.asarray(v.values, np.float64) for k, v in sub.data_vars.items()
-              if v.dims == ("unit",) and k not in NOT_PREDICTORS and np.issubdtype(v.dtype, np.number)}
+    # sorted: the store lists its variables in directory order, which two copies of one store need not share
+    scores = {k: np.asarray(sub[k].values, np.float64) for k in sorted(sub.data_vars)
+              if sub[k].dims == ("unit",) and k not in NOT_PREDICTORS and np.issubdtype(sub[k].dtype, np.number)}
     for meth in ("ix_minus_red", "ix_plus_red", "composite_local", "hull", "composite_target"):
         try:
             scores[f"score_{meth}"] = sc.score(meth, m)[rows]

@@ -69,7 +69,7 @@ def _traced_dataflow(module: nn.Module, graph: LayerGraph, input_size, device) -
     import torch.fx as fx
     from torch.fx.passes.shape_prop import ShapeProp
 
-    from ..torch_graph import _BN_TYPES, _LN_TYPES, trace
+    from ..torch_graph import BN_TYPES, LN_TYPES, trace
 
     gm = fx.GraphModule(module, trace(module))
     was_training = module.training
@@ -113,7 +113,7 @@ def _traced_dataflow(module: nn.Module, graph: LayerGraph, input_size, device) -
                 src[node] = frozenset([name])
             elif node.target in own_norm and ins == {own_norm[node.target]}:
                 src[node] = ins  # the layer's own BN: the mask sits right after it
-            elif isinstance(m, _BN_TYPES + _LN_TYPES):
+            elif isinstance(m, BN_TYPES + LN_TYPES):
                 src[node] = frozenset([OPAQUE])  # a zero channel leaves a norm as β (BN) or mixed (LN)
             else:
                 src[node] = ins

@@ -9,17 +9,9 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from ..estimators.ranks import percentile_ranks, spearman
+
 Z_CLIP = 0.999999
-
-
-def spearman(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-        return np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.spearmanr(a[ok], b[ok]).statistic)
 
 
 def fisher_pool(rhos, ns) -> tuple[float, int]:
@@ -50,11 +42,6 @@ def within_bin(score, neg_damage, task_info, n_bins: int = 5) -> tuple[list[floa
         rhos.append(spearman(np.asarray(score)[sel], np.asarray(neg_damage)[sel]))
         ns.append(int(sel.sum()))
     return rhos, ns
-
-
-def pct_rank(x) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return stats.rankdata(x) / len(x) if len(x) else x
 
 
 def ols_r2(y, X) -> float:
@@ -107,7 +94,7 @@ def predictor_tables(layer, damage, scores: dict, task_info, input_capture, peer
         out = np.empty(len(layer))
         for name in names:
             sel = layer == name
-            out[sel] = pct_rank(np.asarray(v, np.float64)[sel])
+            out[sel] = percentile_ranks(np.asarray(v, np.float64)[sel])
         return out
     y = ranks(np.asarray(damage, np.float64))
     base = [ranks(input_capture), ranks(task_info)]

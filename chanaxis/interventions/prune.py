@@ -1,12 +1,15 @@
 """FLOPs-matched pruning (METHOD §7): local-axis, target-axis and baseline scores at matched MACs, into `/pruning`.
 
-Every (method, level, seed) cell is written with a done flag as soon as it is measured, so a killed sweep resumes
-at the first unfinished cell. Scores that do not depend on the seed are evaluated once and shared by all seeds
-(only `random` scores and the fine-tuning order change with the seed).
+One unit per (method, level, seed) cell: its one-shot evaluation, then its fine-tune, each written before its done
+flag, so a killed sweep resumes at the unfinished cells, in any order and in any process. Scores that do not depend
+on the seed give the same one-shot cell for every seed: a later seed copies the first seed's cell when it is done,
+and measures it itself (the same value) when not.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,120 +18,246 @@ import xarray as xr
 from .. import store
 from ..capabilities import require
 from ..errors import ChanaxisError
-from ..progress import progress_bar
+from ..evaluation import evaluate, model_forward, module_forward, tensor_batches
+from ..params import Params, param
+from ..stage import Context, Stage, Unit, api, run_stage
 from . import curves
 from . import scores as sc
-from ._common import (check_stage_config, evaluate, load_eval_images, metrics_table, open_model, require_metrics,
-                      strings)
-from .finetune import evaluate_module, finetune, taylor_scores
+from .common import checked_model, load_eval_images, metrics_layers, metrics_table, require_metrics, strings
+from .finetune import finetune, taylor_scores
 from .masks import PruningPlan
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 SEEDS = (42, 123, 456, 789, 1011)
 REGIMES = ("oneshot", "finetuned")
 CELL_VARS = ("macs_retained", "channel_sparsity", "acc_oneshot", "loss", "acc_finetuned", "loss_finetuned")
+ONESHOT_VARS = ("macs_retained", "channel_sparsity", "acc_oneshot", "loss")
 
 
-def prune(run, methods=None, allocation: str | None = None, levels=LEVELS, finetune_epochs: int = 5,
-          finetune_batches: int = 200, seeds=SEEDS, eval_images: int | None = 2000, batch_size: int = 128,
-          lr: float = 1e-4, taylor_images: int = 1024, device: str = "cpu", model=None, progress: bool = True,
-          overwrite: bool = False, n_resamples: int = 10_000) -> str:
-    """Prune the model of the run store at `run` with each method at each channel sparsity; fills `/pruning`."""
-    methods = sc.check_methods(sc.METHODS if methods is None else methods)
-    if allocation is not None:
-        sc.check_allocation(allocation)
-    levels = sc.check_levels(levels)
-    seeds = [int(s) for s in dict.fromkeys(seeds)]
-    if not seeds:
-        raise ChanaxisError("no seed given; pass e.g. --seeds 42 123 456 789 1011")
-    if finetune_epochs < 0 or finetune_batches < 1:
-        raise ChanaxisError("--finetune-epochs must be ≥ 0 and --finetune-batches ≥ 1")
-    grp = store.open_group(run, mode="r+")
-    require_metrics(run, grp)
-    model = open_model(run, model, device)
-    allocation = allocation or sc.default_allocation(model.graph)
-    needs_taylor = "taylor" in methods or allocation == "taylor_hybrid"
-    if needs_taylor:
-        require(model, "gradients", what="the taylor score (--methods taylor, --allocation taylor_hybrid); pass "
-                                         "--methods without taylor and another --allocation")
-    if finetune_epochs > 0:
-        require(model, "gradients", what="fine-tuning; pass --finetune-epochs 0 for one-shot pruning only")
-    config = {"methods": methods, "allocation": allocation, "levels": levels, "seeds": seeds,
-              "finetune_epochs": int(finetune_epochs), "finetune_batches": int(finetune_batches), "lr": lr,
-              "optimizer": "adam", "eval_images": eval_images, "taylor_images": taylor_images,
-              "batch_size": batch_size, "n_resamples": n_resamples}
-    check_stage_config(grp, "pruning", config, overwrite, f"prune {run}")
-    if grp.attrs.get("status", {}).get("pruning") == "done" and "pruning" in grp:
+@dataclass(frozen=True)
+class PruneParams(Params):
+    methods: tuple[str, ...] | None = param(None, "pruning scores compared", choices=sc.METHODS,
+                                            none="all methods")
+    allocation: str | None = param(None, "how a level's removals are spread over the layers", choices=sc.ALLOCATIONS,
+                                   none="global for plain/residual CNNs, uniform for MobileNetV2/ConvNeXt")
+    levels: tuple[float, ...] = param(LEVELS, "channel sparsities: share of the prunable channels removed",
+                                      "fraction", gt=0, lt=1)
+    finetune_epochs: int = param(5, "Adam epochs after pruning (0: one-shot only)", "epochs", ge=0)
+    finetune_batches: int = param(200, "at most this many batches per fine-tuning epoch", "batches", ge=1)
+    seeds: tuple[int, ...] = param(SEEDS, "seeds of the random score and of the fine-tuning order")
+    eval_images: int | None = param(2000, "images of the evaluation split (a seeded subset)", "images", ge=1,
+                                    none="all images of the evaluation split")
+    batch_size: int = param(128, "images per evaluation and fine-tuning batch", "images", ge=1)
+    lr: float = param(1e-4, "Adam learning rate of the fine-tune", gt=0)
+    taylor_images: int = param(1024, "calibration images of the taylor score (one accumulated gradient)", "images",
+                               ge=1)
+    n_resamples: int = param(10_000, "bootstrap resamples of the paired AUC differences", "resamples", ge=1)
+
+    def validate(self) -> None:
+        # one order for every entry point: methods and seeds as first given, levels ascending; no repeats
+        if self.methods is not None:
+            object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
+        object.__setattr__(self, "levels", tuple(sorted(set(self.levels))))
+        object.__setattr__(self, "seeds", tuple(dict.fromkeys(self.seeds)))
+
+
+class PruneStage(Stage):
+    """Pruning (METHOD §7): Taylor scores in `prepare`, one unit per (method, level, seed) cell, and `finish`
+    assembles /pruning (AUC over the common MACs interval, paired contrasts). `ctx.inputs`: optional `overwrite`."""
+
+    name = "prune"
+    needs = ("metrics",)
+    Params = PruneParams
+    presets = {
+        "quick": PruneParams(methods=("input_capture", "hull", "task_info", "composite_target", "magnitude",
+                                      "random"), levels=(0.1, 0.2, 0.35, 0.5), finetune_epochs=1,
+                             finetune_batches=40, seeds=(42, 123), eval_images=500, n_resamples=10_000),
+        "paper": PruneParams(methods=None, levels=LEVELS, finetune_epochs=5, finetune_batches=200, seeds=SEEDS,
+                             eval_images=None, n_resamples=10_000),
+    }
+    help = "prune at matched MACs with each score and compare the curves (METHOD §7)"
+    status_key = store.PRUNING  # the store's node and status key predate the stage's name
+
+    def config(self, model) -> dict:
+        p = self.params
+        return {"methods": list(p.methods or sc.METHODS), "allocation": p.allocation or
+                sc.default_allocation(model.graph), "levels": list(p.levels), "seeds": list(p.seeds),
+                "finetune_epochs": p.finetune_epochs, "finetune_batches": p.finetune_batches, "lr": p.lr,
+                "optimizer": "adam", "eval_images": p.eval_images, "taylor_images": p.taylor_images,
+                "batch_size": p.batch_size, "n_resamples": p.n_resamples}
+
+    def done(self, run) -> bool:
+        # --overwrite deletes the node but not the status: only a status with its node counts
+        return (Path(str(run)).exists() and store.stage_state(run, self.status_key) == "done"
+                and store.PRUNING in store.open_group(run))
+
+    def prepare(self, run, ctx: Context) -> None:
+        p = self.params
+        grp = store.open_group(run, mode="r+")
+        require_metrics(run, grp)
+        model = checked_model(run, ctx)
+        config = self.config(model)
+        if self._needs_taylor(config):
+            require(model, "gradients", what="the taylor score (--methods taylor, --allocation taylor_hybrid); pass "
+                                             "--methods without taylor and another --allocation")
+        if p.finetune_epochs > 0:
+            require(model, "gradients", what="fine-tuning; pass --finetune-epochs 0 for one-shot pruning only")
+        store.check_node_config(grp, store.PRUNING, config, bool(ctx.inputs.get("overwrite")), f"prune {run}")
+        if self.done(run):
+            return
+        layer_of = metrics_layers(grp)
+        pg = _raw_group(grp, config, len(layer_of))
+        if self._needs_taylor(config) and not bool(pg.attrs.get("taylor_done")):
+            tx, ty = _calibration_images(run, p.taylor_images)
+            names = _unique(layer_of)
+            t = taylor_scores(model, tx, ty, names, p.batch_size)
+            pg["taylor"][:] = np.concatenate([t[n] for n in names])
+            pg.attrs["taylor_done"] = True
+        store.set_status(grp, self.status_key, "running")
+
+    def units(self, run) -> list[Unit]:
+        if self.done(run):
+            return []
+        pg = store.open_group(run)[store.PRUNING]
+        cfg = pg.attrs["config"]
+        ft = cfg["finetune_epochs"] > 0
+        one_done = np.asarray(pg["oneshot_done"][...], bool)
+        ft_done = np.asarray(pg["finetune_done"][...], bool)
+        out = []
+        for mi, mth in enumerate(cfg["methods"]):  # today's order: method, seed, level
+            for si, seed in enumerate(cfg["seeds"]):
+                for li, level in enumerate(cfg["levels"]):
+                    cell = (mi, li, si)
+                    work = int(not one_done[cell]) + int(ft and not ft_done[cell])
+                    if work:
+                        out.append(Unit(f"cell/{mth}/{level}/{seed}", cell, work=work))
+        return out
+
+    def run_unit(self, run, unit: Unit, ctx: Context) -> None:
+        """One cell: the masked network's one-shot accuracy and loss, then (when asked) its fine-tuned ones."""
+        p = self.params
+        mi, li, si = unit.data
+        model = checked_model(run, ctx)
+        cfg = self.config(model)
+        mth, level, seed = cfg["methods"][mi], cfg["levels"][li], cfg["seeds"][si]
+        plan = self._plan(run, ctx)
+        x, y, _ = self._eval(run, ctx)
+        keep = sc.allocate(self._scores(run, ctx, mth, seed), level, cfg["allocation"], self._taylor_layers(run, ctx))
+        eff = plan.effective(keep)
+        pg = store.open_group(run, mode="r+")[store.PRUNING]
+        cell = (mi, li, si)
+        if not pg["oneshot_done"][cell]:
+            if mth != "random" and si > 0 and pg["oneshot_done"][mi, li, 0]:
+                vals = {k: pg[k][mi, li, 0] for k in ONESHOT_VARS}  # a seed-free score: the first seed's cell
+            else:
+                loss, acc = evaluate(model_forward(model, plan.masks(eff)), tensor_batches(x, y, p.batch_size))
+                pruned = sum(int((~k).sum()) for k in keep.values())
+                vals = {"macs_retained": plan.macs(eff), "channel_sparsity": pruned / plan.n_prunable(),
+                        "acc_oneshot": acc, "loss": loss}
+            for k, v in vals.items():
+                pg[k][cell] = v
+            pg["oneshot_done"][cell] = True  # last: the cell counts only once its values are on disk
+        if p.finetune_epochs > 0 and not pg["finetune_done"][cell]:
+            net = finetune(model, eff, self._train(run, ctx), p.finetune_epochs, p.finetune_batches, p.lr, seed,
+                           p.batch_size)
+            loss_ft, acc_ft = evaluate(module_forward(net, getattr(model, "device", "cpu")),
+                                       tensor_batches(x, y, p.batch_size))
+            del net
+            pg["acc_finetuned"][cell] = acc_ft
+            pg["loss_finetuned"][cell] = loss_ft
+            pg["finetune_done"][cell] = True
+
+    def finish(self, run, ctx: Context) -> str:
+        if not self.done(run):
+            grp = store.open_group(run, mode="r+")
+            pg = grp[store.PRUNING]
+            model = checked_model(run, ctx)
+            cfg = self.config(model)
+            todo = ~np.asarray(pg["oneshot_done"][...], bool)
+            if cfg["finetune_epochs"] > 0:
+                todo |= ~np.asarray(pg["finetune_done"][...], bool)
+            if todo.any():
+                raise ChanaxisError(f"the pruning of '{run}' has unfinished cells; rerun the same command to resume")
+            x, y, einfo = self._eval(run, ctx)
+            base_loss, base_acc = evaluate(model_forward(model), tensor_batches(x, y, self.params.batch_size))
+            plan = self._plan(run, ctx)
+            ds = _assemble(pg, cfg, self._metrics(run, ctx), plan.full_macs, base_loss, base_acc, einfo, plan,
+                           self.params.n_resamples, self._taylor(run, ctx))
+            store.write_dataset(grp, store.PRUNING, ds)
+            grp[store.PRUNING].attrs["config"] = store.jsonable(cfg)
+            store.set_status(grp, self.status_key, "done")
+        ctx.forget("prune")
         return str(run)
 
-    m = metrics_table(run)
-    plan = PruningPlan(model)
-    layer_of = strings(m["layer"].values)
-    plan.prunable = [n for n in plan.prunable if n in set(layer_of)]  # a layer without metrics cannot be scored
-    rows = {n: np.flatnonzero(layer_of == n) for n in plan.prunable}
-    pg = _raw_group(grp, config, methods, levels, seeds, len(layer_of))
-    x, y, einfo = load_eval_images(run, eval_images)
-    base_loss, base_acc = evaluate(model, x, y, batch_size)
-    taylor_unit = None
-    if needs_taylor:
-        if not bool(pg.attrs.get("taylor_done")):
-            tx, ty = _calibration_images(run, taylor_images)
-            t = taylor_scores(model, tx, ty, _unique(layer_of), batch_size)
-            pg["taylor"][:] = np.concatenate([t[n] for n in _unique(layer_of)])
-            pg.attrs["taylor_done"] = True
-        taylor_unit = np.asarray(pg["taylor"][...], np.float64)
-    taylor_layers = None if taylor_unit is None else {n: taylor_unit[r] for n, r in rows.items()}
-    full = plan.full_macs
-    train_ds = None
-    if finetune_epochs > 0:
-        from ..reload import dataset_from_store
-        train_ds = dataset_from_store(run, split="train", transform="train").dataset
+    # ------------------------------------------------------------- per-process state, rebuilt from the store
+    @staticmethod
+    def _needs_taylor(cfg) -> bool:
+        return "taylor" in cfg["methods"] or cfg["allocation"] == "taylor_hybrid"
 
-    one_done = np.asarray(pg["oneshot_done"][...], bool)
-    ft_done = np.asarray(pg["finetune_done"][...], bool)
-    store.set_status(grp, "pruning", "running")
-    n_one = sum(len(seeds) if mth == "random" else 1 for mth in methods) * len(levels)
-    n_ft = len(methods) * len(levels) * len(seeds) if finetune_epochs > 0 else 0
-    with progress_bar(progress) as bar:
-        task = bar.add_task("prune", total=n_one + n_ft)
-        for mi, mth in enumerate(methods):
-            for si, seed in enumerate(seeds):
-                shared = mth != "random" and si > 0  # seed-free scores: reuse the first seed's one-shot cells
-                s_unit = sc.score(mth, m, seed=seed, taylor=taylor_unit)
-                s_layers = {n: s_unit[r] for n, r in rows.items()}
-                for li, level in enumerate(levels):
-                    cell = (mi, li, si)
-                    if one_done[cell] and (finetune_epochs == 0 or ft_done[cell]):
-                        bar.update(task, advance=(0 if shared else 1) + (1 if finetune_epochs else 0))
-                        continue
-                    keep = sc.allocate(s_layers, level, allocation, taylor_layers)
-                    eff = plan.effective(keep)
-                    if not one_done[cell]:
-                        if shared:
-                            vals = {k: pg[k][mi, li, 0] for k in ("macs_retained", "channel_sparsity",
-                                                                   "acc_oneshot", "loss")}
-                        else:
-                            loss, acc = evaluate(model, x, y, batch_size, masks=plan.masks(eff))
-                            pruned = sum(int((~k).sum()) for k in keep.values())
-                            vals = {"macs_retained": plan.macs(eff), "channel_sparsity": pruned / plan.n_prunable(),
-                                    "acc_oneshot": acc, "loss": loss}
-                            bar.update(task, advance=1)
-                        for k, v in vals.items():
-                            pg[k][cell] = v
-                        pg["oneshot_done"][cell] = True
-                    if finetune_epochs > 0 and not ft_done[cell]:
-                        net = finetune(model, eff, train_ds, finetune_epochs, finetune_batches, lr, seed, batch_size)
-                        loss_ft, acc_ft = evaluate_module(net, x, y, batch_size, getattr(model, "device", "cpu"))
-                        del net
-                        pg["acc_finetuned"][cell] = acc_ft
-                        pg["loss_finetuned"][cell] = loss_ft
-                        pg["finetune_done"][cell] = True
-                        bar.update(task, advance=1)
-    ds = _assemble(pg, config, m, full, base_loss, base_acc, einfo, plan, n_resamples, taylor_unit)
-    store.write_dataset(grp, "pruning", ds)
-    grp["pruning"].attrs["config"] = store._jsonable(config)
-    store.set_status(grp, "pruning", "done")
-    return str(run)
+    def _metrics(self, run, ctx):
+        return ctx.memo(("prune", str(run), "metrics"), lambda: metrics_table(run))
+
+    def _plan(self, run, ctx) -> PruningPlan:
+        def make():
+            plan = PruningPlan(checked_model(run, ctx))
+            layers = set(strings(self._metrics(run, ctx)["layer"].values))
+            plan.prunable = [n for n in plan.prunable if n in layers]  # a layer without metrics cannot be scored
+            return plan
+        return ctx.memo(("prune", str(run), "plan"), make)
+
+    def _rows(self, run, ctx) -> dict[str, np.ndarray]:
+        """Each prunable layer's /metrics rows."""
+        def make():
+            layer_of = strings(self._metrics(run, ctx)["layer"].values)
+            return {n: np.flatnonzero(layer_of == n) for n in self._plan(run, ctx).prunable}
+        return ctx.memo(("prune", str(run), "rows"), make)
+
+    def _taylor(self, run, ctx):
+        """Per /metrics row Taylor scores (stored by `prepare`), or None when no method needs them."""
+        def make():
+            if not self._needs_taylor(self.config(checked_model(run, ctx))):
+                return None
+            return np.asarray(store.open_group(run)[store.PRUNING]["taylor"][...], np.float64)
+        return ctx.memo(("prune", str(run), "taylor"), make)
+
+    def _taylor_layers(self, run, ctx):
+        t = self._taylor(run, ctx)
+        return None if t is None else {n: t[r] for n, r in self._rows(run, ctx).items()}
+
+    def _scores(self, run, ctx, method: str, seed: int) -> dict[str, np.ndarray]:
+        def make():
+            s = sc.score(method, self._metrics(run, ctx), seed=seed, taylor=self._taylor(run, ctx))
+            return {n: s[r] for n, r in self._rows(run, ctx).items()}
+        return ctx.memo(("prune", str(run), "score", method, seed), make)
+
+    def _eval(self, run, ctx):
+        return ctx.memo(("prune", str(run), "eval", self.params.eval_images),
+                        lambda: load_eval_images(run, self.params.eval_images))
+
+    def _train(self, run, ctx):
+        from ..reload import dataset_from_store
+        return ctx.memo(("prune", str(run), "train"),
+                        lambda: dataset_from_store(run, split="train", transform="train").dataset)
+
+
+def prune(run, *, device: str = "cpu", model=None, progress: bool = True, overwrite: bool = False,
+          **params) -> str:
+    """Prune the model of the run store at `run` with each method at each channel sparsity; fills `/pruning`;
+    resumable; returns the path. `model`: the store's model when the store cannot rebuild it (an nn.Module);
+    `overwrite` redoes a /pruning made with other parameters."""
+    stage = PruneStage(**params)
+    ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, overwrite=overwrite)
+    return run_stage(stage, run, ctx)
+
+
+api(PruneStage, prune)
+
+
+def no_common_interval(ds: xr.Dataset, regime: str) -> bool:
+    """Whether the regime was measured but its methods' curves share no MACs-reduction interval (no AUC)."""
+    acc = ds["acc_oneshot" if regime == "oneshot" else "acc_finetuned"].values
+    lo, hi = ds["auc_interval"].sel(regime=regime).values
+    return bool(np.isfinite(acc).any() and not (lo <= hi))
 
 
 def _unique(a):
@@ -139,18 +268,19 @@ def _calibration_images(run, n):
     """The first `n` calibration images of the store (its captured split, evaluation transform)."""
     from ..reload import dataset_from_store
     grp = store.open_group(run)
-    idx = np.asarray(grp["samples/dataset_index"][...])[:n]
+    idx = np.asarray(grp[store.samples_array("dataset_index")][...])[:n]
     ds = dataset_from_store(run).dataset
     items = [ds[int(i)] for i in idx]
     return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
 
 
-def _raw_group(grp, config, methods, levels, seeds, n_units):
-    if "pruning" in grp and "oneshot_done" in grp["pruning"]:
-        return grp["pruning"]
-    pg = grp.require_group("pruning")
-    pg.attrs["config"] = store._jsonable(config)
-    shape, dims = (len(methods), len(levels), len(seeds)), ["method", "level", "seed"]
+def _raw_group(grp, config, n_units):
+    if store.PRUNING in grp and "oneshot_done" in grp[store.PRUNING]:
+        return grp[store.PRUNING]
+    pg = grp.require_group(store.PRUNING)
+    pg.attrs["config"] = store.jsonable(config)
+    shape = (len(config["methods"]), len(config["levels"]), len(config["seeds"]))
+    dims = ["method", "level", "seed"]
     for k in CELL_VARS:
         store.new_array(pg, k, shape, dims, "float64")[...] = np.nan
     for k in ("oneshot_done", "finetune_done"):
@@ -218,7 +348,7 @@ def _assemble(pg, config, m, full, base_loss, base_acc, einfo, plan, n_resamples
                         f"over {config['taylor_images']} calibration images (one accumulated gradient)"})
         ds = ds.assign_coords(layer=("unit", strings(m["layer"].values)),
                               channel=("unit", np.asarray(m["channel"].values, np.int64)))
-    ds.attrs.update({"config": store._jsonable(config), "eval": einfo, "full_macs": int(full),
+    ds.attrs.update({"config": store.jsonable(config), "eval": einfo, "full_macs": int(full),
                      "prunable_layers": list(plan.prunable), "followers": list(plan.followers),
                      "macs_accounting": "traced dataflow" if plan.flow.traced else "layer graph only",
                      "level": "channel sparsity: fraction of the prunable channels removed (>= 1 kept per layer)",

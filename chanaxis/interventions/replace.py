@@ -9,21 +9,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import moments
 from ..estimators.stats import VAR_FLOOR, Moments
 
 LAM = 1e-3
 
 
 def layer_moments(run, layer: str) -> Moments:
-    """The layer's calibration moments: the metrics stage's stored copy when present, else recomputed."""
-    from ..stages import metrics as stage
-    try:
-        import xarray as xr
-        part = xr.open_zarr(str(run), group=f"metrics_parts/{layer}", consolidated=False, zarr_format=3,
-                               chunks=None)
-        return stage.part_moments(part.load())
-    except Exception:  # noqa: BLE001 - parts are an optional cache of the metrics stage
-        return stage.layer_moments(run, layer)
+    """The layer's calibration moments (the metrics stage's stored copy when present, else recomputed)."""
+    return moments.load(run, layer)
 
 
 def ridge_peers(m: Moments, i: int, peers, lam: float = LAM) -> tuple[np.ndarray, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ChanaxisError
-from ._common import strings
+from .common import strings
 
 LOCAL = ("input_capture", "ix_minus_red", "composite_local", "hull")
 TARGET = ("task_info", "composite_target")

@@ -13,6 +13,12 @@ import numpy as np  # noqa: E402
 from ..store import open_run  # noqa: E402
 
 
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
 def figure_dir(run: str | Path) -> Path:
     run = Path(run)
     d = run.parent / f"{run.stem}_figures"
@@ -39,10 +45,7 @@ def plane(m, out: Path, max_layers: int = 16) -> Path:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle("two-axis plane: input capture vs task information, per layer")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def spearman_matrix(s, out: Path) -> Path:
@@ -58,10 +61,7 @@ def spearman_matrix(s, out: Path) -> Path:
                 ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=6)
     fig.colorbar(im, label="Spearman ρ (layer mean)")
     ax.set_title("alignment of channel metrics (within layers)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def pruning_curves(p, out: Path) -> Path:
@@ -87,10 +87,7 @@ def pruning_curves(p, out: Path) -> Path:
         ax.set_title(var.replace("acc_", "accuracy, "))
         ax.invert_xaxis()
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def trajectory(t, out: Path) -> Path:
@@ -104,10 +101,7 @@ def trajectory(t, out: Path) -> Path:
     ax.set_ylabel("Spearman ρ, I_X vs I(T;Y)")
     ax.set_title("coupling of the two axes during training")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def lesion_predictors(summary_lesion: dict, out: Path) -> Path:
@@ -123,10 +117,7 @@ def lesion_predictors(summary_lesion: dict, out: Path) -> Path:
     ax.axhline(0, color="k", lw=0.5)
     ax.legend()
     ax.set_title("which metric predicts lesion damage")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def write_all(run: str | Path, summary: dict) -> list[Path]:

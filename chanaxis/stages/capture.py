@@ -8,10 +8,8 @@ and yields the same arrays (spatial positions are drawn up front from the seed, 
 from __future__ import annotations
 
 import hashlib
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,18 +17,9 @@ import torch
 from .. import store
 from ..data import calibration_indices, load_dataset
 from ..errors import ChanaxisError
-from ..progress import progress_bar
-
-DEFAULTS = {"n_calibration": 5000, "spatial_samples": 16, "seed": 0, "dtype": "float32", "chunk_images": 128,
-            "transform": "eval", "target_mode": "match"}
-
-
-def spatial_positions(n_images: int, hw: int, spatial_samples: int, seed: int, depth: int) -> np.ndarray:
-    """Flat spatial positions sampled per image: uniform with replacement, or all when H·W ≤ spatial_samples."""
-    if hw <= spatial_samples:
-        return np.broadcast_to(np.arange(hw), (n_images, hw)).copy()
-    return np.random.default_rng([seed, depth]).integers(0, hw, size=(n_images, spatial_samples))
-
+from ..params import Params, param
+from ..sampling import reducer, spatial_positions
+from ..stage import Context, Stage, Unit, api, run_stage
 
 def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """T = z[label] − max_{c≠label} z[c] (METHOD §1)."""
@@ -44,105 +33,168 @@ def _sha(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def capture(model, dataset: str | Any, out: str | Path, split: str = "train", root: str | None = None,
-            n_calibration: int = 5000, spatial_samples: int = 16, seed: int = 0, dtype: str = "float32",
-            chunk_images: int = 128, transform: str = "eval", layers: list[str] | None = None,
-            overwrite: bool = False, progress: bool = True, extra_config: dict | None = None) -> str:
-    """Capture `model` on a calibration subset of `dataset` into the run store at `out`; returns its path."""
-    if dtype not in ("float32", "float16"):
-        raise ChanaxisError(f"--dtype must be float32 or float16, not '{dtype}'")
-    store.ensure_writable(out)
-    handle = dataset if hasattr(dataset, "dataset") else load_dataset(dataset, split=split, root=root,
-                                                                       transform=transform,
-                                                                       image_size=model.input_size[1])
-    if tuple(model.input_size[1:]) != (handle.image_size, handle.image_size):
-        raise ChanaxisError(f"the model expects {model.input_size[1]}×{model.input_size[2]} images but "
-                            f"'{handle.name}' gives {handle.image_size}×{handle.image_size}; pass --image-size")
-    if model.num_classes != handle.num_classes:
-        raise ChanaxisError(f"the model has {model.num_classes} outputs but '{handle.name}' has "
-                            f"{handle.num_classes} classes; pass --num-classes {handle.num_classes}")
-    n_total = len(handle.dataset)
-    idx = calibration_indices(n_total, n_calibration, seed)
-    n = len(idx)
-    graph = model.graph
-    names = list(layers or graph.names)
-    unknown = [l for l in names if l not in graph]
-    if unknown:
-        raise ChanaxisError(f"unknown layer '{unknown[0]}'; valid layers: {', '.join(graph.names[:8])}, ...")
-    config = {
-        "model": model.spec, "weights_sha256": model.weights_sha256(),
-        "dataset": {"name": handle.name, "split": split, "root": handle.root, "transform": transform},
-        "n_calibration": n, "spatial_samples": spatial_samples, "seed": seed, "dtype": dtype,
-        "chunk_images": chunk_images, "layers": names, "target_mode": "match", **(extra_config or {}),
+@dataclass(frozen=True)
+class CaptureParams(Params):
+    n_calibration: int = param(5000, "calibration images (a seeded subset of the split; all when it has fewer)",
+                               "images", ge=2)
+    spatial_samples: int = param(16, "spatial positions sampled per image and layer (all when H·W is smaller)",
+                                 "positions", ge=1)
+    seed: int = param(0, "seed of the calibration subset and of the spatial positions")
+    dtype: str = param("float32", "storage type of the sampled activations", choices=("float32", "float16"))
+    chunk_images: int = param(128, "images per batch and per store chunk (one unit of work)", "images", ge=1,
+                              aliases=("--batch-size",))
+    split: str = param("train", "dataset split the calibration images come from")
+    transform: str = param("eval", "image transform (the card's evaluation pipeline)", choices=("eval",))
+    layers: tuple[str, ...] | None = param(None, "layers to capture", none="every conv/linear layer of the graph",
+                                           cli=False)
+
+
+class CaptureStage(Stage):
+    """Capture (METHOD §1): calibration images → pre-normalisation channel samples, one unit per image chunk.
+
+    `ctx.inputs`: `dataset` (a card name, an ImageFolder path or a loaded handle), optional `overwrite` and
+    `extra_config` (recorded in the store's config)."""
+
+    name = "capture"
+    needs = ("train",)
+    Params = CaptureParams
+    presets = {"quick": CaptureParams(n_calibration=1000), "paper": CaptureParams()}
+    help = "stream channel activations on a calibration set into a run store"
+    outputs = {
+        "samples": {"dataset_index": (("image",), "1"), "label": (("image",), "1"), "margin": (("image",), "logit"),
+                    "correct": (("image",), "1"), "logits": (("image", "class"), "logit")},
+        "layers/*": {"local": (("sample", "channel"), "activation"), "gap": (("image", "channel"), "activation"),
+                     "position": (("sample",), "1"), "weight": (("channel", "fan_in"), "weight")},
     }
-    grp = store.create_or_resume(out, config, overwrite=overwrite)
-    if grp.attrs.get("status", {}).get("capture") == "done":
-        return str(out)
-    n_chunks = -(-n // chunk_images)
-    positions = {l: spatial_positions(n, int(np.prod(graph[l].out_hw)), spatial_samples, seed, graph[l].depth)
-                 for l in names}
-    if grp.attrs.get("status", {}).get("capture") != "running":
-        _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dtype, handle, config)
-    done_arr = grp["samples/chunk_done"]
-    done = np.asarray(done_arr[:], dtype=bool)
-    store.set_status(grp, "capture", "running")
-    arrays = {l: (grp[f"layers/{l}/local"], grp[f"layers/{l}/gap"]) for l in names}
-    samples = {k: grp[f"samples/{k}"] for k in ("label", "margin", "correct", "logits")}
-    np_dtype = np.float16 if dtype == "float16" else np.float32
-    device = getattr(model, "device", "cpu")
-    pos_t = {l: torch.as_tensor(p, dtype=torch.long, device=device) for l, p in positions.items()}
-    todo = [c for c in range(n_chunks) if not done[c]]
 
-    with ThreadPoolExecutor(max_workers=1) as writer, progress_bar(progress) as bar:
-        task = bar.add_task("capture", total=n, completed=(n_chunks - len(todo)) * chunk_images if todo else n)
-        pending = None
-        t0 = time.perf_counter()
-        for k, c in enumerate(todo):
-            lo, hi = c * chunk_images, min(n, (c + 1) * chunk_images)
-            items = [handle.dataset[int(i)] for i in idx[lo:hi]]
-            x = torch.stack([it[0] for it in items])
-            y = torch.as_tensor([int(it[1]) for it in items])
-            reducers = {l: _reducer(pos_t[l][lo:hi]) for l in names}
-            logits, caps = model.run(x, capture=reducers)
-            logits = torch.as_tensor(logits).float().cpu()
-            result = {l: (v[0].cpu().numpy().astype(np_dtype, copy=False), v[1].cpu().numpy())
-                      for l, v in caps.items()}
-            margin = logit_margin(logits, y).numpy()
-            correct = (logits.argmax(1) == y).numpy()
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(_write_chunk, arrays, samples, done_arr, c, lo, hi, positions, result, y.numpy(),
-                                    margin, correct, logits.numpy())
-            bar.update(task, advance=hi - lo)
-            if k == 0 and progress and len(todo) > 1:
-                eta = (time.perf_counter() - t0) * len(todo)
-                bar.console.print(f"capture: {n} images, {len(names)} layers, about {eta:.0f} s (from the first batch)")
-        if pending is not None:
-            pending.result()
-    store.set_status(grp, "capture", "done")
-    return str(out)
+    def prepare(self, run, ctx: Context) -> None:
+        p = self.params
+        store.ensure_writable(run)
+        model = ctx.model(run)
+        handle = _dataset(ctx, model, p)
+        if tuple(model.input_size[1:]) != (handle.image_size, handle.image_size):
+            raise ChanaxisError(f"the model expects {model.input_size[1]}×{model.input_size[2]} images but "
+                                f"'{handle.name}' gives {handle.image_size}×{handle.image_size}; pass --image-size")
+        if model.num_classes != handle.num_classes:
+            raise ChanaxisError(f"the model has {model.num_classes} outputs but '{handle.name}' has "
+                                f"{handle.num_classes} classes; pass --num-classes {handle.num_classes}")
+        idx = calibration_indices(len(handle.dataset), p.n_calibration, p.seed)
+        graph = model.graph
+        names = list(p.layers or graph.names)
+        unknown = [l for l in names if l not in graph]
+        if unknown:
+            raise ChanaxisError(f"unknown layer '{unknown[0]}'; valid layers: {', '.join(graph.names[:8])}, ...")
+        config = {
+            "model": model.spec, "weights_sha256": model.weights_sha256(),
+            "dataset": {"name": handle.name, "split": p.split, "root": handle.root, "transform": p.transform},
+            "n_calibration": len(idx), "spatial_samples": p.spatial_samples, "seed": p.seed, "dtype": p.dtype,
+            "chunk_images": p.chunk_images, "layers": names, "target_mode": "match",
+            **(ctx.inputs.get("extra_config") or {}),
+        }
+        grp = store.create_or_resume(run, config, overwrite=bool(ctx.inputs.get("overwrite")))
+        if store.stage_state(grp, self.name) in ("running", "done"):
+            return
+        positions = {l: spatial_positions(len(idx), int(np.prod(graph[l].out_hw)), p.spatial_samples, p.seed,
+                                          graph[l].depth) for l in names}
+        _create_arrays(grp, model, names, positions, idx, -(-len(idx) // p.chunk_images), p.chunk_images, p.dtype,
+                       config)
+        store.set_status(grp, self.name, "running")  # only now: a capture killed while making arrays remakes them
+
+    def units(self, run) -> list[Unit]:
+        grp = store.open_group(run)
+        if store.stage_state(grp, self.name) == "done":
+            return []
+        n = int(grp[store.samples_array("image")].shape[0])
+        c = int(grp.attrs["config"]["chunk_images"])
+        done = np.asarray(grp[store.samples_array("chunk_done")][:], dtype=bool)
+        return [Unit(f"chunk/{k}", k, work=min(n, (k + 1) * c) - k * c) for k in range(len(done)) if not done[k]]
+
+    def run_unit(self, run, unit: Unit, ctx: Context) -> None:
+        """One chunk: its images through the model, their samples written while the next chunk computes."""
+        st = ctx.memo(("capture", str(run)), lambda: _State(run, ctx, self.params))
+        c = unit.data
+        lo, hi = c * st.chunk, min(st.n, (c + 1) * st.chunk)
+        items = [st.handle.dataset[int(i)] for i in st.idx[lo:hi]]
+        x = torch.stack([it[0] for it in items])
+        y = torch.as_tensor([int(it[1]) for it in items])
+        reducers = {l: reducer(st.pos_t[l][lo:hi]) for l in st.names}
+        logits, caps = st.model.run(x, capture=reducers)
+        logits = torch.as_tensor(logits).float().cpu()
+        result = {l: (v[0].cpu().numpy().astype(st.np_dtype, copy=False), v[1].cpu().numpy())
+                  for l, v in caps.items()}
+        margin = logit_margin(logits, y).numpy()
+        correct = (logits.argmax(1) == y).numpy()
+        st.wait()
+        st.pending = st.writer.submit(_write_chunk, st.arrays, st.samples, st.done_arr, c, lo, hi, st.positions,
+                                      result, y.numpy(), margin, correct, logits.numpy())
+
+    def finish(self, run, ctx: Context) -> str:
+        st = ctx.memo(("capture", str(run)), lambda: None)
+        if st is not None:
+            st.wait()
+            st.writer.shutdown()
+            ctx.forget("capture")
+        grp = store.open_group(run, mode="r+")
+        if not np.asarray(grp[store.samples_array("chunk_done")][:], dtype=bool).all():
+            raise ChanaxisError(f"the capture into '{run}' has unfinished chunks; rerun the same command to resume")
+        store.set_status(grp, self.name, "done")
+        return str(run)
 
 
-def sample_positions(t: torch.Tensor, pos: torch.Tensor, with_mean: bool = False):
-    """The C-vectors of `t` (the NCHW view of a layer's output) at flat positions `pos` (image × sample), as
-    (image·sample, C), plus the per-image mean when asked. Read in the output's own memory layout (NCHW, or
-    channels-last as ConvNeXt's MLP and channels_last models give it), so no full-size copy is made. Advanced
-    indexing copies at once, so later in-place ops (ReLU, residual +=) cannot reach the samples."""
-    b, c = t.shape[:2]
-    rows = torch.arange(b, device=pos.device)[:, None]
-    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        flat = t.permute(0, 2, 3, 1).reshape(b, -1, c)   # a view: (image, position, channel)
-        local, dim = flat[rows, pos], 1
-    else:
-        flat = t.reshape(b, c, -1)                        # (image, channel, position)
-        local, dim = flat[rows, :, pos], 2
-    local = local.reshape(-1, c)
-    return (local, flat.mean(dim, dtype=torch.float32)) if with_mean else local
+def _dataset(ctx: Context, model, p: CaptureParams):
+    ds = ctx.inputs.get("dataset")
+    if ds is None:
+        raise ChanaxisError("capture needs a dataset (--dataset NAME or an ImageFolder path)")
+    if hasattr(ds, "dataset"):
+        return ds
+    return ctx.memo(("dataset", str(ds), p.split, p.transform, model.input_size[1]),
+                    lambda: load_dataset(ds, split=p.split, root=ctx.data_root, transform=p.transform,
+                                         image_size=model.input_size[1]))
 
 
-def _reducer(pos: torch.Tensor):
-    """The capture hook's reduction: sampled C-vectors and per-image means (`sample_positions`)."""
-    return lambda t: sample_positions(t, pos, with_mean=True)
+class _State:
+    """What every chunk of one capture shares, rebuilt from the store in any process that runs a chunk."""
+
+    def __init__(self, run, ctx: Context, p: CaptureParams):
+        grp = store.open_group(run, mode="r+")
+        self.model = ctx.model(run)
+        self.handle = _dataset(ctx, self.model, p)
+        self.idx = np.asarray(grp[store.samples_array("dataset_index")][...])
+        self.n = len(self.idx)
+        self.chunk = int(grp.attrs["config"]["chunk_images"])
+        self.names = list(grp.attrs["config"]["layers"])
+        s = {l: int(grp[store.layer_node(l)].attrs["samples_per_image"]) for l in self.names}
+        self.positions = {l: np.asarray(grp[store.layer_array(l, "position")][...]).reshape(self.n, s[l])
+                          for l in self.names}
+        device = getattr(self.model, "device", "cpu")
+        self.pos_t = {l: torch.as_tensor(v, dtype=torch.long, device=device) for l, v in self.positions.items()}
+        self.arrays = {l: (grp[store.layer_array(l, "local")], grp[store.layer_array(l, "gap")]) for l in self.names}
+        self.samples = {k: grp[store.samples_array(k)] for k in ("label", "margin", "correct", "logits")}
+        self.done_arr = grp[store.samples_array("chunk_done")]
+        self.np_dtype = np.float16 if grp.attrs["config"]["dtype"] == "float16" else np.float32
+        self.writer = ThreadPoolExecutor(max_workers=1)
+        self.pending = None
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+
+def capture(model, dataset, out, *, overwrite: bool = False, progress: bool = True, extra_config: dict | None = None,
+            data_root: str | None = None, device: str = "cpu", **params) -> str:
+    """Capture `model` (a `Model`, or a name/path any adapter opens) on a calibration subset of `dataset` into the
+    run store at `out`; resumable; returns the store's path."""
+    stage = CaptureStage(**params)
+    if not hasattr(model, "graph"):
+        from ..registry import load_model
+        model = load_model(model, device=device)
+    ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, data_root=data_root,
+                  dataset=dataset, overwrite=overwrite, extra_config=extra_config)
+    return run_stage(stage, out, ctx)
+
+
+api(CaptureStage, capture)
 
 
 def _write_chunk(arrays, samples, done_arr, c, lo, hi, positions, result, labels, margin, correct, logits):
@@ -155,22 +207,26 @@ def _write_chunk(arrays, samples, done_arr, c, lo, hi, positions, result, labels
     done_arr[c] = True  # last: the chunk counts only once everything above is on disk
 
 
-def _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dtype, handle, config):
+def _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dtype, config):
     """Every array of the store, made at once (`store.new_arrays`); called again from scratch if a capture was killed
     before its arrays were all made (the status turns "running" only after this returns)."""
     n = len(idx)
     graph = model.graph
     arrays = [
-        dict(name="samples/image", shape=(n,), dims=["image"], dtype="int32", data=np.arange(n, dtype=np.int32)),
+        dict(name="samples/image", shape=(n,), dims=["image"], dtype="int32", data=np.arange(n, dtype=np.int32),
+             attrs={"units": "1", "long_name": "calibration image number"}),
         dict(name="samples/dataset_index", shape=(n,), dims=["image"], dtype="int64", data=np.asarray(idx),
-             attrs={"description": "index into the dataset split"}),
-        dict(name="samples/label", shape=(n,), dims=["image"], dtype="int32", chunks=(chunk_images,)),
+             attrs={"units": "1", "description": "index into the dataset split"}),
+        dict(name="samples/label", shape=(n,), dims=["image"], dtype="int32", chunks=(chunk_images,),
+             attrs={"units": "1", "description": "class index"}),
         dict(name="samples/margin", shape=(n,), dims=["image"], dtype="float32", chunks=(chunk_images,),
              attrs={"units": "logit", "description": "T = z[label] - max_{c!=label} z[c]"}),
-        dict(name="samples/correct", shape=(n,), dims=["image"], dtype="bool", chunks=(chunk_images,)),
+        dict(name="samples/correct", shape=(n,), dims=["image"], dtype="bool", chunks=(chunk_images,),
+             attrs={"units": "1", "description": "argmax of the logits is the label"}),
         dict(name="samples/logits", shape=(n, model.num_classes), dims=["image", "class"], dtype="float32",
              chunks=(chunk_images, model.num_classes), attrs={"units": "logit"}),
-        dict(name="samples/chunk_done", shape=(n_chunks,), dims=["chunk"], dtype="bool", chunks=(1,)),
+        dict(name="samples/chunk_done", shape=(n_chunks,), dims=["chunk"], dtype="bool", chunks=(1,),
+             attrs={"units": "1", "description": "the chunk's samples are all written"}),
     ]
     groups = {"samples": {}, "layers": {}}
     for l in names:
@@ -190,16 +246,16 @@ def _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dt
                  chunks=(chunk_images, layer.c_out),
                  attrs={"units": "activation", "description": "per-image global average"}),
             dict(name=f"{node}/image_of_sample", shape=(n * s,), dims=["sample"], dtype="int32",
-                 data=np.repeat(np.arange(n, dtype=np.int32), s)),
+                 data=np.repeat(np.arange(n, dtype=np.int32), s), attrs={"units": "1"}),
             dict(name=f"{node}/position", shape=(n * s,), dims=["sample"], dtype="int32",
-                 data=positions[l].reshape(-1).astype(np.int32), attrs={"description": "flat spatial index h*W+w"}),
+                 data=positions[l].reshape(-1).astype(np.int32), attrs={"units": "1", "description": "flat spatial index h*W+w"}),
             dict(name=f"{node}/channel", shape=(layer.c_out,), dims=["channel"], dtype="int32",
-                 data=np.arange(layer.c_out, dtype=np.int32)),
+                 data=np.arange(layer.c_out, dtype=np.int32), attrs={"units": "1"}),
             dict(name=f"{node}/group", shape=(layer.c_out,), dims=["channel"], dtype="int64",
                  data=np.asarray(layer.group, dtype=np.int64),
-                 attrs={"description": "coupling group (channels tied by residual adds share one)"}),
+                 attrs={"units": "1", "description": "coupling group (channels tied by residual adds share one)"}),
             dict(name=f"{node}/weight", shape=w.shape, dims=["channel", "fan_in"], dtype="float32", compress=True,
-                 data=np.asarray(w, dtype=np.float32)),
+                 data=np.asarray(w, dtype=np.float32), attrs={"units": "weight", "description": "the layer's filters, one row per output channel"}),
         ]
     store.new_arrays(grp, groups=groups, arrays=arrays)
     _write_graph(grp, graph)

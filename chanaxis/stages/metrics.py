@@ -7,19 +7,19 @@ first unfinished layer; `/metrics` is assembled from the parts at the end.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable
 
-import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .. import store
+from .. import moments, store
 from ..errors import ChanaxisError
-from ..estimators import local, peers, structure, target
+from ..estimators import local, peers, ranks, structure, target
 from ..estimators.stats import RHO_MAX, Moments
+from ..params import Params, param
 from ..progress import progress_bar
+from ..stage import Context, Stage, Unit, api, run_stage
 
 STAGES = ("local", "target", "structure")
 LOCAL_VARS = ("signal_power", "input_capture", "weight_norm_sq", "magnitude", "peer_overlap", "peer_r2_full",
@@ -44,30 +44,6 @@ UNITS = {
     "unique_t": ("nats", "max(0, I(T;Y_i) - redundancy_t)"),
     "grad_cos": ("|cos|", "|cos(Sigma_X w, g_T)|, Gaussian linear analysis"),
 }
-DEFAULTS = dict(lam=1e-3, hull_eps=0.05, hull_max=10, n_candidates=50, n_top_syn=10, k_clusters=4, n_init=10,
-                n_perm=200, keep_frac=0.10, n_null=5, modularity_max_channels=1024, modularity_backend="igraph",
-                n_triplets=2000, geometry_images=1024, seed=0)
-
-
-# --------------------------------------------------------------------------- moments
-def _target_per_sample(tree_or_group, layer: str, mode: str) -> np.ndarray:
-    margin = np.asarray(tree_or_group["samples/margin"][...], np.float64)
-    img = np.asarray(tree_or_group[f"layers/{layer}/image_of_sample"][...])
-    return margin[img]
-
-
-def layer_moments(run, layer: str, scheduler=None) -> Moments:
-    """Moments of (Y, T) for one layer: float64 sums accumulated chunk by chunk with dask."""
-    grp = store.open_group(run)
-    if f"layers/{layer}" not in grp:
-        raise ChanaxisError(f"layer '{layer}' is not in the run store '{run}'")
-    arr = grp[f"layers/{layer}/local"]
-    Y = da.from_zarr(arr).astype(np.float64)
-    T = da.from_array(_target_per_sample(grp, layer, "match"), chunks=(Y.chunks[0],))
-    sums = (Y.sum(0), Y.T @ Y, T.sum(), (T * T).sum(), Y.T @ T)
-    kw = {"scheduler": scheduler} if scheduler is not None else {}
-    sy, syy, st, stt, syt = dask.compute(*sums, **kw)
-    return Moments.from_sums(Y.shape[0], sy, syy, st, stt, syt)
 
 
 # --------------------------------------------------------------------------- one layer
@@ -89,11 +65,7 @@ def layer_metrics(m: Moments, weight: np.ndarray, only: Iterable[str], p: dict) 
         out.update(peer_r2_full=e_full, peer_r2_top8=peers.peer_r2_topk(C, 8, p["lam"]),
                    hull_size=hulls.size.astype(np.int64), hull_score=hulls.score,
                    hull_members=_pad(hulls.members, p["hull_max"]))
-        a = np.abs(rho)
-        np.fill_diagonal(a, -1)
-        k = min(8, c - 1)
-        top8 = np.argsort(-a, axis=1, kind="stable")[:, :k]
-        out["top8_peers"] = _pad(top8, 8)
+        out["top8_peers"] = _pad(ranks.top_by_abs(rho, 8), 8)
         out["_sigma0_sq"] = np.asarray(sigma0)
     if "target" in only:
         tp = target.target_pairs(m, n_candidates=p["n_candidates"], n_top_syn=p["n_top_syn"])
@@ -110,74 +82,141 @@ def _pad(a: np.ndarray, width: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the stage
-def metrics(run, only: Iterable[str] = STAGES, scheduler: str | None = None, workers: int | None = None,
-            progress: bool = True, model=None, **params) -> str:
-    """Fill `/metrics` and `/structure` of the run store at `run`; resumable; returns the path."""
-    only = tuple(only)
-    bad = [s for s in only if s not in STAGES]
-    if bad:
-        raise ChanaxisError(f"unknown metric group '{bad[0]}'; choose from {', '.join(STAGES)}")
-    unknown = [k for k in params if k not in DEFAULTS]
-    if unknown:
-        raise ChanaxisError(f"unknown metrics parameter '{unknown[0]}'; valid: {', '.join(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
-    if p["modularity_backend"] not in structure.BACKENDS:
-        raise ChanaxisError(f"modularity_backend must be one of {', '.join(structure.BACKENDS)}, "
-                            f"not '{p['modularity_backend']}'")
-    grp = store.open_group(run, mode="r+")
-    if grp.attrs.get("status", {}).get("capture") != "done":
-        raise ChanaxisError(f"'{run}' has no finished capture; run `chanaxis capture MODEL --dataset D --out {run}` "
-                            "first (rerun it to resume)")
-    if "structure" in only and not {"local", "target"} <= set(only):
-        only = tuple(dict.fromkeys(("local", "target") + only))  # structure needs both axes
-    sched = _scheduler(scheduler, workers)
-    cfg = {"only": list(only), **p}
-    prev = grp.attrs.get("metrics_config")
-    if prev is not None and prev != cfg and "metrics_parts" in grp:
-        del grp["metrics_parts"]  # parts computed with other parameters cannot be reused
-    grp.attrs["metrics_config"] = cfg
-    store.set_status(grp, "metrics", "running")
-    layers = list(grp["graph/layer"][...])
-    with progress_bar(progress) as bar:
-        task = bar.add_task("metrics", total=len(layers))
-        results = {}
-        for name in layers:
-            part = f"metrics_parts/{name}"
-            if part in grp and grp[part].attrs.get("done"):
-                results[name] = _read_part(run, name)
-            else:
-                m = layer_moments(run, name, scheduler=sched)
-                weight = np.asarray(grp[f"layers/{name}/weight"][...], np.float64)
-                res = layer_metrics(m, weight, only, p)
-                results[name] = _write_part(grp, run, name, res, m)
-            bar.update(task, advance=1)
+@dataclass(frozen=True)
+class MetricsParams(Params):
+    only: tuple[str, ...] = param(STAGES, "metric groups to compute (structure needs both axes)", choices=STAGES)
+    lam: float = param(1e-3, "ridge lambda of the peer explanation E_i on standardised channels (METHOD §3)",
+                       ge=0)
+    hull_eps: float = param(0.05, "hull stops when E_i(H) >= (1 - eps) E_full", ge=0, lt=1)
+    hull_max: int = param(10, "largest hull size", "channels", ge=1)
+    n_candidates: int = param(50, "pair candidates per channel for RedT and Syn (METHOD §2)", "channels", ge=1)
+    n_top_syn: int = param(10, "largest Syn(i,j) averaged into synergy", "pairs", ge=1)
+    k_clusters: int = param(4, "k-means groups per axis and layer (METHOD §4)", "groups", ge=2)
+    n_init: int = param(10, "k-means restarts", ge=1)
+    n_perm: int = param(200, "label permutations of the ARI null", ge=1)
+    keep_frac: float = param(0.10, "strongest edges kept in the modularity graphs", "fraction", gt=0, le=1)
+    n_null: int = param(5, "degree-preserving rewired nulls per modularity", "graphs", ge=1)
+    modularity_max_channels: int = param(1024, "channels (seeded subset) entering a layer's modularity graphs",
+                                         "channels", ge=4)
+    modularity_backend: str = param("igraph", "greedy-modularity implementation", choices=structure.BACKENDS)
+    n_triplets: int = param(2000, "triplets sampled for S3/S2 per layer", "triplets", ge=1)
+    geometry_images: int = param(1024, "calibration images of the gradient-geometry pass (grad_cos)", "images",
+                                 ge=1)
+    seed: int = param(0, "seed of k-means, nulls, channel subsets and triplet sampling")
+
+    def validate(self) -> None:
+        if "structure" in self.only and not {"local", "target"} <= set(self.only):
+            object.__setattr__(self, "only", tuple(dict.fromkeys(("local", "target") + self.only)))
+
+
+class MetricsStage(Stage):
+    """The two axes (METHOD §2–3), one unit per layer, then the structure analyses and geometry (§4) in `finish`.
+
+    `ctx.inputs`: `scheduler` (a dask.distributed address) and `workers` (threads) for the layer reductions."""
+
+    name = "metrics"
+    needs = ("capture",)
+    Params = MetricsParams
+    presets = {"quick": MetricsParams(n_null=2, n_perm=100, n_triplets=1000, geometry_images=512),
+               "paper": MetricsParams()}
+    help = "compute the local/target channel metrics and structure analyses of a run"
+    outputs = {
+        "metrics": {k: (("unit",), UNITS[k][0]) for k in LOCAL_VARS + TARGET_VARS},
+        "structure": {"spearman": (("layer", "metric", "metric2"), "1"), "ari": (("layer",), "1"),
+                      "q_r": (("layer",), "1"), "q_s": (("layer",), "1"), "s3_s2": (("layer",), "1")},
+    }
+
+    def config(self) -> dict:
+        p = self.params.to_dict()
+        return {"only": p.pop("only"), **p}
+
+    def prepare(self, run, ctx: Context) -> None:
+        grp = store.open_group(run, mode="r+")
+        if store.stage_state(grp, "capture") != "done":
+            raise ChanaxisError(f"'{run}' has no finished capture; run `chanaxis capture MODEL --dataset D --out "
+                                f"{run}` first (rerun it to resume)")
+        cfg = self.config()
+        prev = grp.attrs.get("metrics_config")
+        if prev is not None and store.config_diff(prev, cfg):
+            if not ctx.inputs.get("overwrite"):
+                raise ChanaxisError(f"the metrics in '{run}' were made with other parameters (differs in: "
+                                    f"{', '.join(store.config_diff(prev, cfg))}); rerun with the same options or "
+                                    "pass --overwrite (overwrite=True) to recompute them")
+            for node in (store.METRICS_PARTS, store.METRICS, store.STRUCTURE):
+                if node in grp:
+                    del grp[node]  # results of other parameters are never mixed with these
+        grp.attrs["metrics_config"] = cfg
+        store.set_status(grp, self.name, "running")
+
+    def units(self, run) -> list[Unit]:
+        grp = store.open_group(run)
+        return [Unit(f"layer/{name}", name) for name in _layers(grp)
+                if not (store.metrics_part(name) in grp and grp[store.metrics_part(name)].attrs.get("done"))]
+
+    def run_unit(self, run, unit: Unit, ctx: Context) -> None:
+        name = unit.data
+        grp = store.open_group(run, mode="r+")
+        m = moments.compute(run, name, scheduler=ctx.memo(("scheduler",), lambda: _scheduler(ctx)))
+        weight = np.asarray(grp[store.layer_array(name, "weight")][...], np.float64)
+        res = layer_metrics(m, weight, self.params.only, self.params.to_dict())
+        # kept in memory for `finish` in this process (no read-back); another process reads the part
+        ctx.memo(("metrics", str(run)), dict)[name] = _write_part(grp, name, res, m)
+
+    def finish(self, run, ctx: Context) -> str:
+        grp = store.open_group(run, mode="r+")
+        p = self.params.to_dict()
+        only = self.params.only
+        layers = _layers(grp)
+        have = ctx.memo(("metrics", str(run)), dict)
+        results = {name: have[name] if name in have else _read_part(run, name) for name in layers}
+        ctx.forget("metrics")
         ds = _assemble(grp, layers, results)
-        geometry = None
-        if "structure" in only:
-            geometry = _geometry(run, grp, layers, p, model, bar)
-            if geometry is not None:
-                ds["grad_cos"] = ("unit", np.concatenate([geometry[l] for l in layers]))
-                ds["grad_cos"].attrs = {"units": UNITS["grad_cos"][0], "estimator": UNITS["grad_cos"][1]}
-            struct = _structure(results, grp, layers, ds, p, bar)
-            ds["cluster_local"] = ("unit", struct.pop("_cluster_local"))
-            ds["cluster_target"] = ("unit", struct.pop("_cluster_target"))
-            if geometry is not None:
-                struct["grad_cos"] = ("layer", [float(np.nanmean(geometry[l])) if np.isfinite(geometry[l]).any()
-                                                else np.nan for l in layers], {"units": "|cos|", "description":
-                                                                               "layer mean of grad_cos"})
-        ds.attrs.update({"parameters": p, "rho_max": RHO_MAX, "var_floor": 1e-12, "target": "logit margin, match mode",
-                         "geometry": "computed" if geometry is not None else "skipped (model without gradients)"})
-        store.write_dataset(grp, "metrics", ds)
+        geometry, why = None, "not asked (only without structure)"
+        with progress_bar(ctx.progress) as bar:
+            if "structure" in only:
+                geometry, why = _geometry(run, grp, layers, p, ctx, bar)
+                if geometry is not None:
+                    ds["grad_cos"] = ("unit", np.concatenate([geometry[l] for l in layers]))
+                    ds["grad_cos"].attrs = {"units": UNITS["grad_cos"][0], "estimator": UNITS["grad_cos"][1]}
+                struct = _structure(results, grp, layers, ds, p, bar)
+                ds["cluster_local"] = ("unit", struct.pop("_cluster_local"))
+                ds["cluster_target"] = ("unit", struct.pop("_cluster_target"))
+                if geometry is not None:
+                    struct["grad_cos"] = ("layer", [float(np.nanmean(geometry[l])) if np.isfinite(geometry[l]).any()
+                                                    else np.nan for l in layers],
+                                          {"units": "|cos|", "description": "layer mean of grad_cos"})
+        params = {k: v for k, v in p.items() if k != "only"}
+        ds.attrs.update({"parameters": params, "rho_max": RHO_MAX, "var_floor": 1e-12,
+                         "target": "logit margin, match mode", "geometry": why})
+        store.write_dataset(grp, store.METRICS, ds)
         if "structure" in only:
             sds = xr.Dataset(struct, coords={"layer": layers, "metric": list(ALIGN_LOCAL + ALIGN_TARGET),
                                              "metric2": list(ALIGN_LOCAL + ALIGN_TARGET)})
-            sds.attrs.update({"parameters": p})
-            store.write_dataset(grp, "structure", sds)
-    store.set_status(grp, "metrics", "done")
-    return str(run)
+            sds.attrs.update({"parameters": params})
+            store.write_dataset(grp, store.STRUCTURE, sds)
+        store.set_status(grp, self.name, "done")
+        return str(run)
 
 
-def _scheduler(address, workers):
+def metrics(run, *, scheduler: str | None = None, workers: int | None = None, progress: bool = True, model=None,
+            device: str = "cpu", overwrite: bool = False, **params) -> str:
+    """Fill `/metrics` and `/structure` of the run store at `run` (resumable); returns its path. `model`: the
+    store's model when the store cannot rebuild it (an nn.Module); the gradient-geometry pass runs on it."""
+    stage = MetricsStage(**params)
+    ctx = Context(device=device, progress=progress, model=model, scheduler=scheduler, workers=workers,
+                  overwrite=overwrite)
+    return run_stage(stage, run, ctx)
+
+
+api(MetricsStage, metrics)
+
+
+def _layers(grp) -> list[str]:
+    return [str(x) for x in grp[f"{store.GRAPH}/layer"][...]]
+
+
+def _scheduler(ctx: Context):
+    address, workers = ctx.inputs.get("scheduler"), ctx.inputs.get("workers")
     if address:
         try:
             from dask.distributed import Client
@@ -187,7 +226,7 @@ def _scheduler(address, workers):
     return "threads" if workers is None or workers > 1 else "synchronous"
 
 
-def _write_part(grp, run, name, res, m):
+def _write_part(grp, name, res, m):
     slot_dim = {"hull_members": "hull_slot", "top8_peers": "peer_slot"}
     data = {k: (("channel", slot_dim[k]) if k in slot_dim else "channel", np.asarray(v))
             for k, v in res.items() if not k.startswith("_")}
@@ -204,17 +243,12 @@ def _write_part(grp, run, name, res, m):
     ds["mean_y"] = ("channel", m.mean_y)
     ds["cov_yt"] = ("channel", m.cov_yt)
     ds.attrs.update({"n": m.n, "mean_t": m.mean_t, "var_t": m.var_t, "done": True})
-    store.write_dataset(grp, f"metrics_parts/{name}", ds)
+    store.write_dataset(grp, store.metrics_part(name), ds)
     return ds  # what a resumed run reads back from the part (no round trip through the disk here)
 
 
 def _read_part(run, name) -> xr.Dataset:
-    return xr.open_zarr(str(run), group=f"metrics_parts/{name}", consolidated=False, zarr_format=3).load()
-
-
-def part_moments(part: xr.Dataset) -> Moments:
-    return Moments(part.attrs["n"], part["mean_y"].values, part["cov_yy"].values, part.attrs["mean_t"],
-                   part.attrs["var_t"], part["cov_yt"].values)
+    return xr.open_zarr(str(run), group=store.metrics_part(name), consolidated=False, zarr_format=3).load()
 
 
 def _assemble(grp, layers, results) -> xr.Dataset:
@@ -225,7 +259,7 @@ def _assemble(grp, layers, results) -> xr.Dataset:
         c = part.sizes["channel"]
         unit_layer += [name] * c
         unit_channel.append(np.arange(c))
-        unit_group.append(np.asarray(grp[f"layers/{name}/group"][...]))
+        unit_group.append(np.asarray(grp[store.layer_array(name, "group")][...]))
         unit_depth.append(np.full(c, d))
         for k, v in part.data_vars.items():
             if k in ("cov_yy", "mean_y", "cov_yt", "candidates", "syn", "syn_partners"):
@@ -277,7 +311,7 @@ def _structure(parts, grp, layers, ds, p, bar) -> dict:
         cl_target.append(b)
         r = structure.ari_with_null(a, b, n_perm=p["n_perm"], seed=p["seed"])
         out["ari"][li], out["ari_null_mean"][li], out["ari_null_sd"][li], out["ari_p"][li] = r
-        m = part_moments(part)
+        m = moments.from_dataset(part)
         # modularity on at most modularity_max_channels channels (chosen: greedy modularity is super-linear, a
         # 3072-channel graph keeps 470k edges, ~7 s per graph and per null in igraph); the subset is seeded and recorded
         keep = np.arange(c)
@@ -299,19 +333,21 @@ def _structure(parts, grp, layers, ds, p, bar) -> dict:
     pooled = structure.pooled_rank_spearman(tables)
     labels, prop, n_edges = _propagation(grp, layers, ds)
     res = {
-        "spearman": (("layer", "metric", "metric2"), sp, {"description": "within-layer Spearman between metrics"}),
-        "spearman_mean": (("metric", "metric2"), mean, {"description": "mean over layers"}),
-        "spearman_sd": (("metric", "metric2"), sd, {"description": "s.d. over layers"}),
-        "spearman_pooled": (("metric", "metric2"), pooled.rho,
-                            {"description": "Spearman of within-layer percentile ranks pooled over layers"}),
-        "propagation": ("axis_pair", prop, {"description": "mean over producer->consumer edges of Spearman("
-                                                           "influence-weighted upstream metric, downstream metric)",
-                                            "edges": n_edges}),
+        "spearman": (("layer", "metric", "metric2"), sp,
+                     {"units": "1", "description": "within-layer Spearman between metrics"}),
+        "spearman_mean": (("metric", "metric2"), mean, {"units": "1", "description": "mean over layers"}),
+        "spearman_sd": (("metric", "metric2"), sd, {"units": "1", "description": "s.d. over layers"}),
+        "spearman_pooled": (("metric", "metric2"), pooled.rho, {
+            "units": "1", "description": "Spearman of within-layer percentile ranks pooled over layers"}),
+        "propagation": ("axis_pair", prop, {
+            "units": "1", "edges": n_edges, "description": "mean over producer->consumer edges of Spearman("
+                                                           "influence-weighted upstream metric, downstream metric)"}),
         "axis_pair": ("axis_pair", labels),
         "_cluster_local": np.concatenate(cl_local),
         "_cluster_target": np.concatenate(cl_target),
     }
-    res.update({k: ("layer", v) for k, v in out.items()})
+    res.update({k: ("layer", v, {"units": "channels" if k == "modularity_channels" else "1"})
+                for k, v in out.items()})
     return res
 
 
@@ -345,18 +381,18 @@ def _propagation(grp, layers, ds):
     pairs = [("input_capture", "input_capture"), ("task_info", "task_info"), ("input_capture", "task_info"),
              ("task_info", "input_capture")]
     labels = ["local->local", "target->target", "local->target", "target->local"]
-    src = [str(x) for x in grp["graph/edge_src"][...]]
-    dst = [str(x) for x in grp["graph/edge_dst"][...]]
+    src = [str(x) for x in grp[f"{store.GRAPH}/edge_src"][...]]
+    dst = [str(x) for x in grp[f"{store.GRAPH}/edge_dst"][...]]
     by_layer = {n: ds.layer.values == n for n in layers}
     rhos = []
     for s, d in zip(src, dst):
         if not s or d not in by_layer:
             continue
-        gd = grp[f"layers/{d}"].attrs
+        gd = grp[store.layer_node(d)].attrs
         c_up = int(by_layer[s].sum())
         if gd["c_in"] != c_up:
             continue
-        W = np.asarray(grp[f"layers/{d}/weight"][...], np.float64).reshape(gd["c_out"], gd["c_in"] // gd["groups"],
+        W = np.asarray(grp[store.layer_array(d, "weight")][...], np.float64).reshape(gd["c_out"], gd["c_in"] // gd["groups"],
                                                                            -1)
         sigma = np.sqrt(ds["signal_power"].values[by_layer[s]])
         A = structure.influence(W, sigma, groups=gd["groups"])
@@ -369,6 +405,14 @@ def _propagation(grp, layers, ds):
 
 
 # --------------------------------------------------------------------------- gradient geometry (METHOD §4)
-def _geometry(run, grp, layers, p, model, bar):
-    from .geometry import geometry_pass
-    return geometry_pass(run, grp, layers, p, model, bar)
+def _geometry(run, grp, layers, p, ctx: Context, bar):
+    """(per-layer grad_cos, what was done) on the study's model and device; skipped, with the reason recorded,
+    for a model without gradients (ONNX) or one the store cannot rebuild (a Python nn.Module not passed again)."""
+    from ..geometry import geometry_pass
+    try:
+        model = ctx.model(run)
+    except ChanaxisError as e:
+        return None, f"skipped ({e})"
+    if "gradients" not in getattr(model, "capabilities", ()) or not hasattr(model, "module"):
+        return None, "skipped (model without gradients)"
+    return geometry_pass(run, grp, layers, p, model, bar), "computed"

@@ -1,24 +1,33 @@
 """The training trajectory (METHOD §5): the two axes at every checkpoint, on the same calibration images.
 
-Each checkpoint gets its own run store ``<work>/epoch_XXXX.zarr`` (capture + local/target metrics, + the gradient
-geometry when asked), kept and skipped once done, so a new checkpoint costs only itself. The trajectory store
+Each checkpoint is one unit of the stage: it gets its own run store ``<work>/epoch_XXXX.zarr`` (capture + local/target
+metrics, + the gradient geometry when asked), kept and skipped once done, so a new checkpoint costs only itself. The
+architecture is built once per process and each checkpoint's weights are loaded into it. The trajectory store
 (``RUN_DIR/trajectory.zarr``) is then assembled from them: ``/metrics`` gains a ``checkpoint`` dimension and
 ``/trajectory`` (checkpoint × layer) holds the cross-axis couplings, rank stability against the last checkpoint and
 accuracies. Assembly reads only the small per-unit tables, so redoing it when a checkpoint arrives is cheap.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from .. import store
+from ..checkpoints import load_into, read_state_dict
 from ..errors import ChanaxisError
 from ..estimators.structure import spearman_matrix
+from ..params import Params, as_pairs, check_keywords, param
+from ..progress import progress_bar
+from .. import stage as stages
+from ..stage import Context, Stage, Unit, api, run_stage
+from ..checkpoints import MANIFEST, read_manifest
 
 # cross-axis pairs: every local metric against every target metric (signal_power and weight_norm_sq are left out:
 # within a layer they rank exactly as input_capture and magnitude do)
@@ -51,7 +60,6 @@ def epoch_of(path: Path) -> int | None:
 
 def find_checkpoints(run_dir: str | Path) -> tuple[dict | None, list[Checkpoint]]:
     """(training manifest or None, checkpoints by epoch) of a training run or a folder of state dicts."""
-    from ..training import MANIFEST, read_manifest
     d = Path(run_dir)
     if not d.is_dir():
         raise ChanaxisError(f"'{d}' is not a folder; give a training run folder (chanaxis train --out) or a folder "
@@ -87,7 +95,6 @@ def _check_consistent(own: dict | None, ckpts: list[Checkpoint], model_name: str
     Fit to a model given by name is checked when each checkpoint is loaded (load_into names the file), so that a
     rerun whose checkpoints are all done builds no model at all.
     """
-    from ..adapters._checkpoint import read_state_dict
     first = None
     for c in ckpts:
         sd = {k: tuple(v.shape) for k, v in read_state_dict(c.path).items()}
@@ -109,123 +116,218 @@ def _check_consistent(own: dict | None, ckpts: list[Checkpoint], model_name: str
 
 # ------------------------------------------------------------------------------------------------------------ stage
 
-def trajectory(run_dir: str | Path, dataset: str | None = None, out: str | Path | None = None, model=None,
-               n_calibration: int = 5000, spatial_samples: int = 16, seed: int = 0, split: str = "train",
-               root: str | None = None, dtype: str = "float32", chunk_images: int = 128, grad_cos: bool = True,
-               geometry_images: int = 1024, device: str = "cpu", progress: bool = True,
-               metrics_params: dict | None = None) -> str:
-    """Capture + local/target metrics at every checkpoint of ``run_dir``, assembled into one store; returns its path.
+@dataclass(frozen=True)
+class TrajectoryParams(Params):
+    n_calibration: int = param(5000, "calibration images, the same seeded subset at every checkpoint (all when the "
+                               "split has fewer)", "images", ge=2)
+    spatial_samples: int = param(16, "spatial positions sampled per image and layer (all when H·W is smaller)",
+                                 "positions", ge=1)
+    seed: int = param(0, "seed of the calibration subset and of the spatial positions")
+    split: str = param("train", "dataset split the calibration images come from")
+    dtype: str = param("float32", "storage type of the sampled activations", choices=("float32", "float16"))
+    chunk_images: int = param(128, "images per capture batch and store chunk", "images", ge=1,
+                              aliases=("--batch-size",))
+    grad_cos: bool = param(True, "also run the gradient-geometry pass (METHOD §4) at every checkpoint")
+    geometry_images: int = param(1024, "calibration images of the gradient-geometry pass (grad_cos)", "images", ge=1)
+    metrics_params: tuple[tuple[str, Any], ...] | None = param(
+        None, "metrics parameters (chanaxis.metrics) used at every checkpoint", none="the metrics defaults", cli=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics_params", as_pairs(self.metrics_params))  # a dict is accepted, kept as pairs
+        super().__post_init__()
+
+    def validate(self) -> None:
+        MetricsParams = stages.get("metrics").Params
+        given = dict(self.metrics_params or ())
+        if "only" in given:
+            raise ChanaxisError("the trajectory computes the local and target metrics at every checkpoint; drop "
+                                "'only' from metrics_params")
+        check_keywords(MetricsParams, given, "metrics parameter")
+
+
+def work_dir(out: Path) -> Path:
+    """Where the per-checkpoint stores of the trajectory store `out` lie."""
+    return out.with_suffix("") if out.suffix == ".zarr" else out.with_name(out.name + "_checkpoints")
+
+
+class TrajectoryStage(Stage):
+    """The trajectory (METHOD §5) into the store `run`: one unit per checkpoint not yet done (capture + local/target
+    metrics, + grad_cos, into the checkpoint's own store), assembled in `finish`.
+
+    `ctx.inputs`: `run_dir` (a `chanaxis train` folder or a folder of state dicts named with epoch numbers), and
+    `dataset` and `model_spec` (a timm name, a `Model` or an nn.Module), which a training folder names itself."""
+
+    name = "trajectory"
+    needs = ("train",)
+    study_path = "trajectory.zarr"
+    Params = TrajectoryParams
+    presets = {"quick": TrajectoryParams(n_calibration=400), "paper": TrajectoryParams()}
+    help = "capture + metrics at every checkpoint of a training run, in one store"
+
+    def options(self, dataset: str) -> dict:
+        """What a per-checkpoint store must have been made with to be reused."""
+        p = self.params
+        return {"dataset": dataset, "split": p.split, "n_calibration": p.n_calibration,
+                "spatial_samples": p.spatial_samples, "seed": p.seed, "dtype": p.dtype,
+                "metrics_params": dict(p.metrics_params or ())}
+
+    def job(self, run, ctx: Context) -> "_Job":
+        return ctx.memo(("trajectory", str(run)), lambda: _Job(Path(run), ctx, self))
+
+    def prepare(self, run, ctx: Context) -> None:
+        job = self.job(run, ctx)
+        p = self.params
+        cfg = {"source": str(job.run_dir.resolve()), "model": job.name, **job.opts, "grad_cos": p.grad_cos,
+               "geometry_images": p.geometry_images if p.grad_cos else None}
+        grp = store.create_or_resume(run, cfg)
+        store.set_status(grp, self.name, "running")
+        job.work.mkdir(parents=True, exist_ok=True)
+
+    def units(self, run) -> list[Unit]:
+        cfg = store.open_group(run).attrs["config"]
+        _, ckpts = find_checkpoints(cfg["source"])
+        opts, work = self.options(cfg["dataset"]), work_dir(Path(run))
+        return [Unit(f"checkpoint/{c.epoch}", c) for c in ckpts
+                if not _checkpoint_done(c, work / f"epoch_{c.epoch:04d}.zarr", opts) or self.geometry_due(work, c)]
+
+    def geometry_due(self, work: Path, c: Checkpoint) -> bool:
+        if not self.params.grad_cos:
+            return False
+        g = store.open_group(work / f"epoch_{c.epoch:04d}.zarr")
+        geo = g["trajectory_geometry"].attrs.get("images_asked") if "trajectory_geometry" in g else None
+        return geo != self.params.geometry_images
+
+    def run_unit(self, run, unit: Unit, ctx: Context) -> None:
+        """Capture + metrics (+ geometry) of one checkpoint into its own store; each part skipped once done."""
+        job, p, c = self.job(run, ctx), self.params, unit.data
+        path = job.work / f"epoch_{c.epoch:04d}.zarr"
+        model = None
+        if not _checkpoint_done(c, path, job.opts):
+            sha = _file_sha256(c.path)
+            model = job.model_at(c)
+            # the capture and metrics stages, through the registry (a stage never imports another's module)
+            capture = stages.get("capture")(split=p.split, n_calibration=p.n_calibration,
+                                            spatial_samples=p.spatial_samples, seed=p.seed, dtype=p.dtype,
+                                            chunk_images=p.chunk_images)
+            stages.run_stage(capture, path, Context(
+                device=ctx.device, progress=ctx.progress, model=model, data_root=job.root, dataset=job.opts["dataset"],
+                extra_config={"trajectory": {"epoch": c.epoch, "checkpoint": str(c.path.resolve())}}))
+            metrics = stages.get("metrics")(only=("local", "target"), **job.opts["metrics_params"])
+            stages.run_stage(metrics, path, Context(device=ctx.device, progress=ctx.progress, model=model))
+            g = store.open_group(path, mode="r+")
+            g.attrs.update({"checkpoint_sha256": sha, "trajectory_options": job.opts})
+            store.set_status(g, STAGE, "done")
+        if self.geometry_due(job.work, c):
+            with contextlib.nullcontext(ctx.bar) if ctx.bar is not None else progress_bar(ctx.progress) as bar:
+                _geometry(path, store.open_group(path, mode="r+"), model or job.model_at(c), p.geometry_images,
+                          bar)
+
+    def finish(self, run, ctx: Context) -> str:
+        job = self.job(run, ctx)
+        grp = store.open_group(run, mode="r+")
+        stores = {c.epoch: job.work / f"epoch_{c.epoch:04d}.zarr" for c in job.ckpts}
+        _assemble(grp, Path(run), stores, job.manifest, with_geometry=self.params.grad_cos)
+        store.set_status(grp, self.name, "done")
+        ctx.forget("trajectory")
+        return str(run)
+
+
+class _Job:
+    """What every checkpoint of one trajectory shares: the checkpoints, dataset, options and the one model."""
+
+    def __init__(self, out: Path, ctx: Context, stage: TrajectoryStage):
+        from ..data import get_card
+        from ..registry import load_model
+        self.run_dir = Path(ctx.inputs["run_dir"])
+        self.manifest, self.ckpts = find_checkpoints(self.run_dir)
+        manifest, dataset, model = self.manifest, ctx.inputs.get("dataset"), ctx.inputs.get("model_spec")
+        spec = dict(manifest["model"]) if manifest else {}
+        self.root = ctx.data_root
+        if dataset is None:
+            if manifest is None:
+                raise ChanaxisError(f"'{self.run_dir}' is a folder of state dicts: pass --dataset (the data the "
+                                    "model was trained on)")
+            dataset = manifest["dataset"]["name"]
+            self.root = self.root or manifest["dataset"].get("root")
+        card = get_card(dataset)
+        if model is None:
+            if manifest is None:
+                raise ChanaxisError(f"'{self.run_dir}' is a folder of state dicts: pass --model NAME (the "
+                                    "architecture of the checkpoints, e.g. resnet18)")
+            if spec.get("adapter") != "timm":
+                raise ChanaxisError(f"'{self.run_dir}' was trained from a Python nn.Module; pass the same module "
+                                    "again (model=...) to compute its trajectory")
+            model = spec["name"]
+        self.name = model if isinstance(model, str) else getattr(model, "spec", {}).get("name", type(model).__name__)
+        num_classes = int(spec.get("num_classes") or card.num_classes)
+        image_size = int(spec.get("image_size") or card.image_size)
+        init_seed = int(spec.get("init_seed") or 0)
+        if isinstance(model, str):  # built on first use: a rerun whose checkpoints are all done builds no model
+            self.build = lambda: load_model(model, num_classes=num_classes, image_size=image_size,
+                                            init_seed=init_seed, device=ctx.device)
+            own = None
+        else:
+            base = model if hasattr(model, "module") and hasattr(model, "graph") else load_model(
+                model, num_classes=num_classes, image_size=image_size, device=ctx.device)
+            self.build = lambda: base
+            own = {k: tuple(v.shape) for k, v in base.module.state_dict().items()}
+        _check_consistent(own, self.ckpts, self.name)
+        self.opts = stage.options(card.name)
+        self.work = work_dir(out)
+        self.model, self.loaded = None, None
+
+    def model_at(self, c: Checkpoint):
+        """The one model of this process with the weights of checkpoint `c` (loaded in place, filters re-read)."""
+        if self.model is None:
+            self.model = self.build()
+        if self.loaded != c.path:
+            fit = load_into(self.model.module, c.path)  # names the file when it does not fit
+            self.model.refresh_graph()
+            spec = {**self.model.spec, "checkpoint": str(c.path)}
+            if "unexpected_keys" in spec:  # as the adapter records a checkpoint it opens
+                spec["unexpected_keys"] = fit["unexpected"]
+            self.model.spec = spec
+            self.loaded = c.path
+        return self.model
+
+
+def _checkpoint_done(c: Checkpoint, path: Path, opts: dict) -> bool:
+    """Whether checkpoint `c`'s store at `path` is complete; one made from other weights or options is an error."""
+    if not path.exists():
+        return False
+    g = store.open_group(path)
+    if g.attrs.get("status", {}).get(STAGE) != "done":
+        return False
+    if g.attrs.get("checkpoint_sha256") != _file_sha256(c.path):
+        raise ChanaxisError(f"checkpoint '{c.path}' changed since '{path}' was computed from it; delete "
+                            f"'{path}' to recompute that checkpoint")
+    if g.attrs.get("trajectory_options") != opts:
+        raise ChanaxisError(f"'{path}' was computed with other options ({g.attrs.get('trajectory_options')}"
+                            f"); use another --out or delete it")
+    return True
+
+
+def trajectory(run_dir: str | Path, dataset: str | None = None, out: str | Path | None = None, model=None, *,
+               device: str = "cpu", progress: bool = True, root: str | None = None, **params) -> str:
+    """Capture + local/target metrics at every checkpoint of `run_dir`, assembled into one store; returns its path.
 
     run_dir: a `chanaxis train` run (its manifest names model, dataset and checkpoints) or a folder of state dicts
-    named with epoch numbers (then ``model`` — a timm name or an nn.Module — and ``dataset`` are required).
-    The calibration images are the same at every checkpoint: they depend only on (seed, n_calibration).
-    grad_cos: also run the gradient-geometry pass (METHOD §4) per checkpoint on ``geometry_images`` images.
-    """
-    from ..data import get_card
-    from ..progress import progress_bar
-    from ..registry import load_model
-
-    manifest, ckpts = find_checkpoints(run_dir)
-    run_dir = Path(run_dir)
-    spec = dict(manifest["model"]) if manifest else {}
-    if dataset is None:
-        if manifest is None:
-            raise ChanaxisError(f"'{run_dir}' is a folder of state dicts: pass --dataset (the data the model was "
-                                "trained on)")
-        dataset = manifest["dataset"]["name"]
-        root = root or manifest["dataset"].get("root")
-    card = get_card(dataset)
-    if model is None:
-        if manifest is None:
-            raise ChanaxisError(f"'{run_dir}' is a folder of state dicts: pass --model NAME (the architecture of the "
-                                "checkpoints, e.g. resnet18)")
-        if spec.get("adapter") != "timm":
-            raise ChanaxisError(f"'{run_dir}' was trained from a Python nn.Module; pass the same module again "
-                                "(model=...) to compute its trajectory")
-        model = spec["name"]
-    num_classes = int(spec.get("num_classes") or card.num_classes)
-    image_size = int(spec.get("image_size") or card.image_size)
-    init_seed = int(spec.get("init_seed") or 0)
-    name = model if isinstance(model, str) else getattr(model, "spec", {}).get("name", type(model).__name__)
-    base = None
-    if not isinstance(model, str):  # a model object: its weights are replaced in place per checkpoint
-        base = model if hasattr(model, "module") and hasattr(model, "graph") else load_model(
-            model, num_classes=num_classes, image_size=image_size, device=device)
-    _check_consistent(None if base is None else {k: tuple(v.shape) for k, v in base.module.state_dict().items()},
-                      ckpts, name)
-
-    out = Path(out) if out is not None else run_dir / "trajectory.zarr"
-    work = out.with_suffix("") if out.suffix == ".zarr" else out.with_name(out.name + "_checkpoints")
-    # what a per-checkpoint store must have been made with to be reused
-    opts = {"dataset": card.name, "split": split, "n_calibration": n_calibration, "spatial_samples": spatial_samples,
-            "seed": seed, "dtype": dtype, "metrics_params": dict(metrics_params or {})}
-    cfg = {"source": str(run_dir.resolve()), "model": name, **opts, "grad_cos": bool(grad_cos),
-           "geometry_images": geometry_images if grad_cos else None}
-    grp = store.create_or_resume(out, cfg)
-    store.set_status(grp, "trajectory", "running")
-    work.mkdir(parents=True, exist_ok=True)
-    stores = {}
-
-    def open_checkpoint(c: Checkpoint):
-        if isinstance(model, str):
-            return load_model(model, num_classes=num_classes, image_size=image_size, init_seed=init_seed,
-                              checkpoint=str(c.path), device=device)
-        from ..adapters._checkpoint import load_into
-        load_into(base.module, c.path)  # a model object: its weights are replaced in place, filters re-read
-        base.refresh_graph()
-        base.spec = {**base.spec, "checkpoint": str(c.path)}
-        return base
-
-    with progress_bar(progress) as bar:
-        task = bar.add_task("trajectory", total=len(ckpts))
-        for c in ckpts:
-            stores[c.epoch] = _one_checkpoint(c, work / f"epoch_{c.epoch:04d}.zarr", open_checkpoint, opts, root,
-                                              chunk_images, geometry_images if grad_cos else None, progress, bar)
-            bar.update(task, advance=1)
-    _assemble(grp, out, stores, manifest, with_geometry=grad_cos)
-    store.set_status(grp, "trajectory", "done")
-    return str(out)
+    named with epoch numbers (then `model`, a timm name or an nn.Module, and `dataset` are required).
+    out: the trajectory store (default RUN_DIR/trajectory.zarr). The calibration images are the same at every
+    checkpoint: they depend only on (seed, n_calibration)."""
+    stage = TrajectoryStage(**params)
+    out = Path(out) if out is not None else Path(run_dir) / "trajectory.zarr"
+    ctx = Context(device=device, progress=progress, data_root=root, run_dir=run_dir, dataset=dataset,
+                  model_spec=model)
+    return run_stage(stage, out, ctx)
 
 
-def _one_checkpoint(c: Checkpoint, path: Path, open_checkpoint, opts: dict, root, chunk_images: int,
-                    geometry_images: int | None, progress: bool, bar) -> Path:
-    """Capture + metrics (+ geometry) of one checkpoint into its own store; each part skipped once done."""
-    from .capture import capture
-    from .metrics import metrics
-
-    sha = _file_sha256(c.path)
-    done = False
-    if path.exists():
-        g = store.open_group(path)
-        if g.attrs.get("status", {}).get(STAGE) == "done":
-            if g.attrs.get("checkpoint_sha256") != sha:
-                raise ChanaxisError(f"checkpoint '{c.path}' changed since '{path}' was computed from it; delete "
-                                    f"'{path}' to recompute that checkpoint")
-            if g.attrs.get("trajectory_options") != opts:
-                raise ChanaxisError(f"'{path}' was computed with other options ({g.attrs.get('trajectory_options')}"
-                                    f"); use another --out or delete it")
-            done = True
-    model = None
-    if not done:
-        model = open_checkpoint(c)
-        capture(model, opts["dataset"], path, split=opts["split"], root=root, n_calibration=opts["n_calibration"],
-                spatial_samples=opts["spatial_samples"], seed=opts["seed"], dtype=opts["dtype"],
-                chunk_images=chunk_images, progress=progress,
-                extra_config={"trajectory": {"epoch": c.epoch, "checkpoint": str(c.path.resolve())}})
-        metrics(path, only=("local", "target"), progress=progress, **opts["metrics_params"])
-        g = store.open_group(path, mode="r+")
-        g.attrs.update({"checkpoint_sha256": sha, "trajectory_options": opts})
-        store.set_status(g, STAGE, "done")
-    g = store.open_group(path, mode="r+")
-    geo = g["trajectory_geometry"].attrs.get("images_asked") if "trajectory_geometry" in g else None
-    if geometry_images is not None and geo != geometry_images:
-        _geometry(path, g, model or open_checkpoint(c), geometry_images, bar)
-    return path
+api(TrajectoryStage, trajectory)
 
 
 def _geometry(path: Path, g, model, n_images: int, bar) -> None:
     """Per-channel grad_cos (METHOD §4) into ``/trajectory_geometry`` (NaN when the model has no gradients)."""
-    from .geometry import geometry_pass
+    from ..geometry import geometry_pass
     layers = [str(x) for x in np.asarray(g["graph/layer"][...])]
     res = geometry_pass(path, g, layers, {"geometry_images": n_images}, model, bar)
     n_units = sum(int(g[f"layers/{l}"].attrs["c_out"]) for l in layers)

@@ -47,19 +47,20 @@ def measure(model, batch: int = 32) -> tuple[float, float, float]:
 
 def estimate_stages(study, stages: list[str]) -> tuple[list[tuple[str, str, float]], float]:
     card = study.card()
-    model = study.load_model()
+    # the study's own build once training is done (no extra build); an untrained one times the same
+    model = study.ctx.model(study.run) if study.done("train") else study.load_model()
     t_fwd, t_step, t_mm = measure(model)
-    p = study.p
+    p = study.params
     graph = model.graph
     rows = []
     try:
-        from ..data import load_dataset
+        from .data import load_dataset
         n_train = len(load_dataset(study.dataset, split="train", root=study.data_root).dataset)
     except Exception:  # noqa: BLE001 - the train stage itself will explain a missing dataset
         n_train = 50000
-    n_train = min(n_train, p["train"].get("train_subset") or n_train)
-    epochs = p["train"].get("epochs") or int(card.recipe.get("epochs", 30))
-    n_cal = p["capture"]["n_calibration"]
+    n_train = min(n_train, p["train"].train_subset or n_train)
+    epochs = p["train"].epochs or int(card.recipe.get("epochs", 30))
+    n_cal = p["capture"].n_calibration
     spi = [min(16, l.out_hw[0] * l.out_hw[1]) for l in graph.layers]
     cov_flops = sum(s * l.c_out ** 2 for s, l in zip(spi, graph.layers))
     for s in stages:
@@ -72,24 +73,24 @@ def estimate_stages(study, stages: list[str]) -> tuple[list[tuple[str, str, floa
             secs = 2 * n_cal * cov_flops * t_mm + 2.0 * len(graph) + n_cal * t_fwd * 0.5
             rows.append((s, f"{len(graph)} layers", secs))
         elif s == "trajectory":
-            ck = p["train"].get("checkpoints")
-            n_ck = len(str(ck).split(",")) if ck else 8
-            n = p["trajectory"]["n_calibration"]
+            ck = p["train"].checkpoints
+            n_ck = (len(ck) if isinstance(ck, tuple) else len(str(ck).split(","))) if ck else 8
+            n = p["trajectory"].n_calibration
             rows.append((s, f"{n_ck} checkpoints × {n} images",
                          n_ck * (n * t_fwd * 2.0 + 2 * n * cov_flops * t_mm + 2.0 * len(graph))))
         elif s == "lesion":
             n_units = sum(l.c_out for l in graph.layers)
-            frac = p["lesion"]["fraction"]
-            n_eval = p["lesion"]["eval_images"] or 10000
+            frac = p["lesion"].fraction
+            n_eval = p["lesion"].eval_images or 10000
             n_les = int(np.ceil(n_units * frac))
             # each lesion: the damage and four replacement variants, over the suffix of the network (~half)
             rows.append((s, f"{n_les} channels × {n_eval} images", n_les * n_eval * t_fwd * 5 * 0.5))
         elif s == "prune":
             pr = p["prune"]
-            n_methods = len(pr["methods"] or range(11))
-            n_levels, n_seeds = len(pr["levels"]), len(pr["seeds"])
-            n_eval = pr["eval_images"] or 10000
-            ft = pr["finetune_epochs"] * pr["finetune_batches"] * 128 * t_step
+            n_methods = len(pr.methods or range(11))
+            n_levels, n_seeds = len(pr.levels), len(pr.seeds)
+            n_eval = pr.eval_images or 10000
+            ft = pr.finetune_epochs * pr.finetune_batches * pr.batch_size * t_step
             per_cell = n_eval * t_fwd * 2 + ft
             rows.append((s, f"{n_methods} methods × {n_levels} levels × {n_seeds} seeds",
                          n_methods * n_levels * n_seeds * per_cell))

@@ -1,16 +1,23 @@
-"""Load a state dict from .pt/.pth/.safetensors into a module, reporting what did not fit."""
+"""Reading state dicts (.pt/.pth/.safetensors) and loading them into a module, reporting what did not fit; reading
+a training run's manifest.
+
+Core code: the adapters open checkpoints through it, and so does the trajectory, which loads every checkpoint
+into one model.
+"""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from chanaxis.errors import ChanaxisError
+from .errors import ChanaxisError
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (unwrapped from {"state_dict": ...} and the like, without "module.")."""
     path = Path(path)
     if not path.is_file():
         raise ChanaxisError(f"checkpoint '{path}' does not exist; pass the path of a .pt, .pth or .safetensors file")
@@ -36,7 +43,8 @@ def load_into(module: nn.Module, path: str | Path, strict: bool = True) -> dict[
     """Load and return {'missing': [...], 'unexpected': [...]}; a shape mismatch or missing key is an error."""
     sd = read_state_dict(path)
     own = module.state_dict()
-    bad = [f"{k} {tuple(v.shape)}≠{tuple(own[k].shape)}" for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    bad = [f"{k} {tuple(v.shape)}≠{tuple(own[k].shape)}" for k, v in sd.items()
+           if k in own and own[k].shape != v.shape]
     if bad:
         raise ChanaxisError(f"checkpoint '{path}' does not fit this model: {len(bad)} shape mismatches, e.g. {bad[0]}; "
                             "check --num-classes, the image size (small-image stems) and the model name")
@@ -50,3 +58,22 @@ def load_into(module: nn.Module, path: str | Path, strict: bool = True) -> dict[
                       stacklevel=2)
     module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return {"missing": missing, "unexpected": unexpected}
+
+
+# a training run folder (`chanaxis train --out`): its manifest names the model, dataset and checkpoints
+MANIFEST = "manifest.json"
+KIND = "chanaxis-training"
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    p = Path(run_dir) / MANIFEST
+    if not p.is_file():
+        raise ChanaxisError(f"'{run_dir}' is not a chanaxis training run (no {MANIFEST}); create one with "
+                            "`chanaxis train MODEL --dataset D --out RUN_DIR`")
+    try:
+        m = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise ChanaxisError(f"'{p}' is not valid JSON; the run folder is damaged, train into a new --out") from None
+    if m.get("kind") != KIND:
+        raise ChanaxisError(f"'{p}' is not a chanaxis training manifest")
+    return m

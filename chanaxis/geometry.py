@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..estimators.structure import grad_cos_vectors
-from ..torch_model import to_nchw
-from .capture import sample_positions
+from . import store
+from .estimators.structure import grad_cos_vectors
+from .torch_model import to_nchw
+from .sampling import sample_positions
 
 
 class _Acc:
@@ -58,7 +59,7 @@ class _Acc:
         return grad_cos_vectors(a_i.numpy(), c_i.numpy(), D.reshape(-1).numpy(), b.reshape(-1).numpy())
 
 
-def _patches(module, layer, inp: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def patches(module, layer, inp: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Input patches at the sampled output positions: (B·s, groups, d_g), in `F.unfold`'s (channel, kh, kw) order.
 
     Only the sampled windows are gathered from the padded input (B·s·C_in·k² values) — unfolding every position
@@ -86,30 +87,26 @@ def _pair(v):
 
 
 def geometry_pass(run, grp, layers, p, model, bar):
-    """Per-channel grad_cos for every layer, or None when the model cannot run it (no torch module)."""
-    from ..reload import dataset_from_store, model_from_store
-    if model is None:
-        try:
-            model = model_from_store(run)
-        except Exception:  # noqa: BLE001 - geometry is optional; the reason is recorded in the attrs
-            return None
+    """Per-channel grad_cos for every layer on `model` (the study's, on its device), or None when the model cannot
+    run it (no torch module with gradients)."""
+    from .reload import dataset_from_store
     if "gradients" not in getattr(model, "capabilities", ()) or not hasattr(model, "module"):
         return None
     handle = dataset_from_store(run)
-    idx = np.asarray(grp["samples/dataset_index"][...])
+    idx = np.asarray(grp[store.samples_array("dataset_index")][...])
     n = min(len(idx), int(p["geometry_images"]))
-    margin = torch.as_tensor(np.asarray(grp["samples/margin"][...])[:n], dtype=torch.float32)
+    margin = torch.as_tensor(np.asarray(grp[store.samples_array("margin")][...])[:n], dtype=torch.float32)
     graph = model.graph
     mods = dict(model.module.named_modules())
-    accs = {l: _Acc(graph[l], np.asarray(grp[f"layers/{l}/weight"][...])) for l in layers}
-    pos = {l: torch.as_tensor(np.asarray(grp[f"layers/{l}/position"][...]).reshape(len(idx), -1)[:n])
+    accs = {l: _Acc(graph[l], np.asarray(grp[store.layer_array(l, "weight")][...])) for l in layers}
+    pos = {l: torch.as_tensor(np.asarray(grp[store.layer_array(l, "position")][...]).reshape(len(idx), -1)[:n])
            for l in layers}
     state, pending = {}, {}
     handles = []
     for l in layers:
         def pre(mod, args, l=l):
             lo, hi = state["lo"], state["hi"]
-            pending[l] = _patches(mod, graph[l], args[0].detach(), pos[l][lo:hi].to(args[0].device))
+            pending[l] = patches(mod, graph[l], args[0].detach(), pos[l][lo:hi].to(args[0].device))
 
         def post(mod, args, out, l=l):
             # the layer's own output at the same positions (a copy, taken before any in-place op downstream)

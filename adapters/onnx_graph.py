@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from chanaxis.errors import ChanaxisError
 from networkx.utils import UnionFind
 
-from chanaxis.model import Layer, LayerGraph, assign_coupling_groups
+from chanaxis.model import Layer, LayerGraph, assign_coupling_groups, macs
 
 PRODUCERS = {"Conv", "MatMul", "Gemm"}
 _SHAPE_ONLY = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze"}
@@ -267,16 +267,16 @@ def read(mp: onnx.ModelProto, path: str, image_size: int | None = None, min_chan
                    num_classes=0, fixed_batch=fixed_batch)
     for name, p in w.producers.items():
         out_shape = (1, p.weight.shape[0]) if p.node.op_type == "Gemm" else shapes[p.out]
-        macs = _macs(p, out_shape)
+        n_macs = _macs(p, out_shape)
         excluded = name in head or any(name == h or name.startswith(h + ".") for h in HEAD_PREFIXES)
         analysed = not excluded and p.weight.shape[0] >= min_channels and (
             p.node.op_type == "Conv" or p.node.op_type == "MatMul" and len(in_shape[name]) == 4 and any(
                 w.producers[c].node.op_type == "MatMul" and len(in_shape[c]) == 4 for c in w.consumers.get(name, [])))
         if not analysed:
-            other_macs[name] = macs
+            other_macs[name] = n_macs
             continue
         layer = _layer(p, out_shape, r, og)
-        assert layer.macs == macs, (name, layer.macs, macs)
+        assert layer.macs == n_macs, (name, layer.macs, n_macs)
         layer.consumers = list(w.consumers.get(name, []))
         filters[name] = p.weight.astype(np.float32).reshape(layer.c_out, -1, *layer.kernel).copy()
         layers.append(layer)
@@ -373,9 +373,9 @@ def _walk(r: _Reader, live: set[str]) -> _Walk:
 
 def _macs(p: _Producer, out_shape) -> int:
     w = p.weight
-    if p.node.op_type == "Conv":  # (c_out, c_in/g, kh, kw) per output position
-        return int(np.prod(w.shape) * out_shape[2] * out_shape[3])
-    return int(w.shape[0] * w.shape[1] * np.prod(out_shape[1:-1], dtype=np.int64))  # Linear over leading positions
+    if p.node.op_type == "Conv":  # weight (c_out, c_in/g, kh, kw)
+        return macs(w.shape[2:], w.shape[1], w.shape[0], out_shape[2] * out_shape[3])
+    return macs((1, 1), w.shape[0], w.shape[1], np.prod(out_shape[1:-1], dtype=np.int64))  # Linear, leading positions
 
 
 def _layer(p: _Producer, out_shape, r: _Reader, og: OnnxGraph) -> Layer:

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 from chanaxis.capabilities import require
 from chanaxis.errors import ChanaxisError
 
-from ._onnx_graph import OnnxGraph
+from .onnx_graph import OnnxGraph
 
 _MASK = "chanaxis.mask:"
 _MASK_SHAPE = "chanaxis.mask_shape:"

@@ -1,0 +1,214 @@
+"""The stage contract: every step after the model (train, capture, metrics, trajectory, lesion, prune, report…).
+
+A stage declares its name, the stages it needs, the model capabilities it requires and a frozen parameters class
+(`chanaxis.params`); it splits its work into independent units with stable keys (`units`), runs one unit at a time
+(`run_unit`, which writes only that unit's part of the store and marks it done last) and assembles the result
+(`finish`). `run_stage` drives the loop; `analyze`, the CLI and the Python API are all built on it. Stages are found
+through entry points (group `chanaxis.stages`), as adapters are, so a third party can add one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
+
+from . import capabilities
+from .errors import ChanaxisError
+from .params import Params
+from .progress import progress_bar
+
+# the stages chanaxis ships; found this way too when it runs from a source checkout without entry points
+BUILTIN = {
+    "train": "chanaxis.training:TrainStage",
+    "capture": "chanaxis.stages.capture:CaptureStage",
+    "metrics": "chanaxis.stages.metrics:MetricsStage",
+    "trajectory": "chanaxis.stages.trajectory:TrajectoryStage",
+    "lesion": "chanaxis.interventions.lesion:LesionStage",
+    "prune": "chanaxis.interventions.prune:PruneStage",
+    "report": "chanaxis.report:ReportStage",
+}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent piece of a stage's work. `key` is stable across runs ("chunk/3", "layer/layer1.0.conv1",
+    "cell/hull/0.2/42"), so a finished unit is recognised and never redone; `work` weighs it on the progress bar."""
+    key: str
+    data: Any = None
+    work: float = 1.0
+
+
+class Context:
+    """What every unit of a run shares: the device, the one model build, per-process memos and the progress bar.
+
+    `model_factory(run)` builds the model a store was made from; `model(run)` calls it once per process and keeps
+    the result, so every stage of a study (and every unit of a stage) uses the same build on the same device."""
+
+    def __init__(self, device: str = "cpu", progress: bool = True, console=None, model=None,
+                 model_factory: Callable | None = None, data_root: str | None = None, **inputs):
+        self.device = device
+        self.progress = progress
+        self.console = console
+        self.data_root = data_root
+        self.inputs = inputs
+        self._model = model
+        self._factory = model_factory
+        self._memo: dict[Any, Any] = {}
+        self.bar = None
+
+    def model(self, run=None):
+        """The study's model (built once; a store's model is checked against its weight hash by the factory)."""
+        if self._model is None:
+            if self._factory is None:
+                from .reload import model_from_store
+                self._factory = lambda r: model_from_store(r, device=self.device)
+            self._model = self._factory(run)
+        return self._model
+
+    def set_model(self, model) -> None:
+        self._model = model
+
+    def memo(self, key, fn: Callable[[], Any]):
+        """`fn()` computed once per process for `key` (evaluation images, score tables, a training split…)."""
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def forget(self, prefix: str) -> None:
+        for k in [k for k in self._memo if isinstance(k, tuple) and k and k[0] == prefix]:
+            del self._memo[k]
+
+
+class Stage:
+    """Base of every stage. Subclasses set the class attributes and implement `units`, `run_unit`, `finish`."""
+
+    name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()          # model capabilities (chanaxis.capabilities.KNOWN)
+    Params: ClassVar[type[Params]]
+    presets: ClassVar[dict[str, Params]] = {}
+    help: ClassVar[str] = ""
+    study_path: ClassVar[str] = "run.zarr"            # where the stage reads and writes inside an analyze folder
+    # what the stage promises in the store: node → {variable: (dims, units)}; a "*" in the node stands for every
+    # child (e.g. "layers/*"); the conformance suite checks each is there with these dims and a `units` attr
+    outputs: ClassVar[dict[str, dict[str, tuple[tuple[str, ...], str]]]] = {}
+
+    def __init__(self, params: Params | None = None, **kwargs):
+        if params is not None and not isinstance(params, self.Params):
+            raise TypeError(f"{self.name} takes {self.Params.__name__}, not {type(params).__name__}")
+        self.params = self.Params.make(params, **kwargs)
+
+    @classmethod
+    def preset(cls, name: str) -> Params:
+        """The named preset's parameters (defaults where the stage has no such preset)."""
+        return cls.presets.get(name, cls.Params())
+
+    # ---------------------------------------------------------------- the contract
+    def prepare(self, run, ctx: Context) -> None:
+        """Check inputs and create the stage's skeleton in the store (idempotent: a resumed run keeps it)."""
+
+    def units(self, run) -> list[Unit]:
+        """The units still to do (a finished unit is never listed)."""
+        raise NotImplementedError
+
+    def run_unit(self, run, unit: Unit, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def finish(self, run, ctx: Context) -> Any:
+        """Assemble the stage's node from its units and mark the stage done."""
+
+    def done(self, run) -> bool:
+        from . import store
+        return Path(str(run)).exists() and store.stage_state(run, self.name) == "done"
+
+    def check_capabilities(self, model) -> None:
+        for cap in self.requires:
+            capabilities.require(model, cap, what=f"the {self.name} stage")
+
+
+def run_stage(stage: Stage, run, ctx: Context, order: Callable[[list[Unit]], Iterable[Unit]] | None = None):
+    """prepare → every unit still to do (in `order`, default as listed) → finish. Returns `finish`'s result."""
+    stage.prepare(run, ctx)
+    todo = list(stage.units(run))
+    if order is not None:
+        todo = list(order(todo))
+    with progress_bar(ctx.progress and bool(todo)) as bar:
+        ctx.bar = bar
+        task = bar.add_task(stage.name, total=sum(u.work for u in todo) or 1)
+        for u in todo:
+            stage.run_unit(run, u, ctx)
+            bar.update(task, advance=u.work)
+        ctx.bar = None
+    return stage.finish(run, ctx)
+
+
+# -------------------------------------------------------------------- the registry
+def targets() -> dict[str, str]:
+    """name → "module:Class" of every stage: the built-in ones, then those registered under `chanaxis.stages`."""
+    found = dict(BUILTIN)
+    for ep in entry_points(group="chanaxis.stages"):
+        found[ep.name] = ep.value
+    return found
+
+
+def load(name: str, target: str) -> type[Stage]:
+    mod, _, attr = target.partition(":")
+    try:
+        return getattr(import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise ChanaxisError(f"the stage '{name}' ({target}) failed to load: {e}") from None
+
+
+def stages() -> dict[str, type[Stage]]:
+    """name → Stage class, every registered stage."""
+    return {name: load(name, target) for name, target in targets().items()}
+
+
+def get(name: str) -> type[Stage]:
+    """The Stage class registered as `name` (only that one is imported)."""
+    found = targets()
+    if name not in found:
+        import difflib
+        near = difflib.get_close_matches(name, list(found), n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise ChanaxisError(f"unknown stage '{name}'; {hint}stages are: {', '.join(order())}")
+    return load(name, found[name])
+
+
+def order(names: Iterable[str] | None = None) -> list[str]:
+    """Stage names in registry order, each moved after the stages it needs; a cycle is an error."""
+    reg = stages()
+    todo = list(reg) if names is None else [n for n in reg if n in set(names)]
+    out: list[str] = []
+    while todo:
+        ready = next((n for n in todo if all(m in out or m not in todo for m in reg[n].needs)), None)
+        if ready is None:
+            raise ChanaxisError(f"the stages {', '.join(todo)} need each other in a cycle")
+        out.append(ready)
+        todo.remove(ready)
+    return out
+
+
+# -------------------------------------------------------------------- the Python API
+def api(stage_cls: type[Stage], fn: Callable) -> Callable:
+    """Give `fn(fixed..., **params)` the real signature and docstring: its own arguments, then every field of the
+    stage's parameters as keyword-only with its default, unit and help (what `help(chanaxis.<stage>)` shows)."""
+    import dataclasses
+    import inspect
+    sig = inspect.signature(fn)
+    fixed = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in fixed}
+    extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+             for f in dataclasses.fields(stage_cls.Params) if f.name not in taken]
+    lines = []
+    for d in stage_cls.Params.describe():
+        unit = f" [{d['unit']}]" if d["unit"] and d["unit"] != "1" else ""
+        none = f" (None: {d['none']})" if d.get("none") else ""
+        lines.append(f"    {d['name']} = {d['default']!r}{unit}: {d['help']}{none}")
+    fn.__signature__ = sig.replace(parameters=fixed + extra)
+    fn.__doc__ = (fn.__doc__ or "").rstrip() + f"\n\n{stage_cls.name} parameters ({stage_cls.Params.__name__}):\n" \
+        + "\n".join(lines) + "\n"
+    return fn
+
