@@ -8,6 +8,7 @@ import networkx as nx
 import numpy as np
 
 LAYER_KINDS = ("conv", "dwconv", "gconv", "linear")
+INPUT, OPAQUE = "<input>", "<opaque>"  # the image; a tensor whose channels cannot be traced back (cat, LN, ...)
 
 
 def macs(kernel: tuple[int, int], c_in_per_group: int, c_out: int, positions: int) -> int:
@@ -47,19 +48,40 @@ class Layer:
         return self.macs_per_channel * self.c_out
 
 
+@dataclass
+class ModuleInfo:
+    name: str
+    c_in: int
+    c_out: int
+    groups: int
+    macs: int  # MACs per image with every channel kept
+
+
+@dataclass
+class Dataflow:
+    """For every conv/linear module, in execution order: which modules produce the channels it reads."""
+
+    order: list[str]
+    info: dict[str, ModuleInfo]
+    sources: dict[str, frozenset[str]]
+    traced: bool  # False: read from the LayerGraph alone (analysed layers only; other modules counted in full)
+
+
 class LayerGraph:
     """Analysed layers in execution order, as a networkx DiGraph (edge = producer feeds consumer).
 
     `other_macs` holds the MACs of conv/linear modules that are not analysed (the classifier, convs with
-    fewer than 4 outputs), so `total_macs` is the whole network's count.
+    fewer than 4 outputs), so `total_macs` is the whole network's count. `flow`: every conv/linear module's channel
+    sources under the pruning rules, where the graph was read from a traced torch module (else None).
     """
 
     def __init__(self, layers: Iterable[Layer], filters: Mapping[str, np.ndarray], other_macs: Mapping[str, int],
-                 folded_bn: bool = False):
+                 folded_bn: bool = False, flow: Dataflow | None = None):
         self.g = nx.DiGraph()
         self._filters = dict(filters)
         self.other_macs = dict(other_macs)
         self.folded_bn = folded_bn
+        self.flow = flow
         for layer in sorted(layers, key=lambda l: l.depth):
             self.g.add_node(layer.name, layer=layer)
         for layer in self.layers:
@@ -83,6 +105,13 @@ class LayerGraph:
 
     def __len__(self) -> int:
         return self.g.number_of_nodes()
+
+    def set_filters(self, filters: Mapping[str, np.ndarray]) -> None:
+        """New weights of the same architecture (a checkpoint loaded, a training step): the structure stays."""
+        missing = set(self._filters) - set(filters)
+        if missing:
+            raise ValueError(f"filters missing for {sorted(missing)[:3]}")
+        self._filters = {k: filters[k] for k in self._filters}
 
     def filters(self, name: str) -> np.ndarray:
         """The layer's filters as (c_out, c_in/groups, kh, kw) float32 (linear: (c_out, c_in, 1, 1))."""

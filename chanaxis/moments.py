@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from . import store
+from . import integrity, store
 from .errors import ChanaxisError
 from .estimators.stats import Moments
 
@@ -27,11 +27,19 @@ def compute(run, layer: str, scheduler=None) -> Moments:
     grp = store.open_group(run)
     if store.layer_node(layer) not in grp:
         raise ChanaxisError(f"layer '{layer}' is not in the run store '{run}'")
-    Y = da.from_zarr(grp[store.layer_array(layer, "local")]).astype(np.float64)
+    raw = da.from_zarr(grp[store.layer_array(layer, "local")])
+    Y = raw.astype(np.float64)
     T = da.from_array(target_per_sample(grp, layer), chunks=(Y.chunks[0],))
     sums = (Y.sum(0), Y.T @ Y, T.sum(), (T * T).sum(), Y.T @ T)
     kw = {"scheduler": scheduler} if scheduler is not None else {}
-    sy, syy, st, stt, syt = dask.compute(*sums, **kw)
+    # the chunks' checksums in the same pass as the sums: a missing or damaged chunk is an error, never zeros
+    (sy, syy, st, stt, syt), crcs = dask.compute(sums, integrity.block_crcs(raw), **kw)
+    chunk = int(grp.attrs["config"]["chunk_images"])
+    integrity.check(run, f"layer '{layer}'", crcs, integrity.recorded(grp, store.layer_node(layer)), chunk)
+    margin = np.asarray(grp[store.samples_array("margin")][...])
+    integrity.check(run, "the logit margins",
+                    [integrity.crc(margin[i:i + chunk]) for i in range(0, len(margin), chunk)],
+                    integrity.recorded(grp, store.SAMPLES), chunk)
     return Moments.from_sums(Y.shape[0], sy, syy, st, stt, syt)
 
 

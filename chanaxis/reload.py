@@ -36,5 +36,11 @@ def dataset_from_store(path: str | Path, split: str | None = None, transform: st
     cfg = run_config(path)
     d = cfg["dataset"]
     spec = cfg["model"]
-    return load_dataset(d["name"], split=split or d["split"], root=d.get("root"), transform=transform,
+    name = d["name"]
+    if d.get("path"):  # an ImageFolder: found by its recorded absolute path, from any working directory
+        if not Path(d["path"]).is_dir():
+            raise ChanaxisError(f"the ImageFolder dataset of '{path}' was at {d['path']}, which is not there any "
+                                "more; put it back there (the store's results refer to those images)")
+        name = d["path"]
+    return load_dataset(name, split=split or d["split"], root=d.get("root"), transform=transform,
                         image_size=spec.get("image_size") or spec.get("input_size", [3, None, None])[1])

@@ -91,6 +91,7 @@ class Stage:
     presets: ClassVar[dict[str, Params]] = {}
     help: ClassVar[str] = ""
     study_path: ClassVar[str] = "run.zarr"            # where the stage reads and writes inside an analyze folder
+    writes: ClassVar[bool] = True                     # False: a read-only stage (no lock; works on read-only stores)
     # what the stage promises in the store: node → {variable: (dims, units)}; a "*" in the node stands for every
     # child (e.g. "layers/*"); the conformance suite checks each is there with these dims and a `units` attr
     outputs: ClassVar[dict[str, dict[str, tuple[tuple[str, ...], str]]]] = {}
@@ -129,19 +130,32 @@ class Stage:
 
 
 def run_stage(stage: Stage, run, ctx: Context, order: Callable[[list[Unit]], Iterable[Unit]] | None = None):
-    """prepare → every unit still to do (in `order`, default as listed) → finish. Returns `finish`'s result."""
-    stage.prepare(run, ctx)
-    todo = list(stage.units(run))
-    if order is not None:
-        todo = list(order(todo))
-    with progress_bar(ctx.progress and bool(todo)) as bar:
-        ctx.bar = bar
-        task = bar.add_task(stage.name, total=sum(u.work for u in todo) or 1)
-        for u in todo:
-            stage.run_unit(run, u, ctx)
-            bar.update(task, advance=u.work)
-        ctx.bar = None
-    return stage.finish(run, ctx)
+    """prepare → every unit still to do (in `order`, default as listed) → finish. Returns `finish`'s result.
+
+    A writing stage holds the store's writer lock (`chanaxis.safety.WriterLock`) throughout, so a second process
+    on the same store stops with a clear message instead of interleaving its writes."""
+    from .safety import WriterLock
+    lock = WriterLock(run) if stage.writes and "://" not in str(run) else None
+    try:
+        if lock:
+            lock.acquire()  # a folder that does not exist yet is locked as soon as `prepare` has made it
+        stage.prepare(run, ctx)
+        if lock:
+            lock.acquire()
+        todo = list(stage.units(run))
+        if order is not None:
+            todo = list(order(todo))
+        with progress_bar(ctx.progress and bool(todo)) as bar:
+            ctx.bar = bar
+            task = bar.add_task(stage.name, total=sum(u.work for u in todo) or 1)
+            for u in todo:
+                stage.run_unit(run, u, ctx)
+                bar.update(task, advance=u.work)
+            ctx.bar = None
+        return stage.finish(run, ctx)
+    finally:
+        if lock:
+            lock.release()
 
 
 # -------------------------------------------------------------------- the registry

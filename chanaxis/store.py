@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import zarr.core.sync
 import zarr.storage
 
 from .version import __version__
+from . import safety
 from .errors import ChanaxisError
 
 
@@ -31,32 +31,38 @@ def jsonable(obj):
 
 
 def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool = False) -> zarr.Group:
-    """Open `path` for writing a run made with `config`; refuse a store made with another config."""
+    """Open `path` for writing a run made with `config`: resume a chanaxis store of the same config, create one
+    where nothing (or an empty folder) is; refuse a store of another config unless `overwrite`, and refuse anything
+    chanaxis did not make, whatever `overwrite` says (`chanaxis.safety`: it deletes only its own stores)."""
     path = Path(path)
     config = jsonable(config)
-    if path.exists():
-        try:
-            root = zarr.open_group(str(path), mode="r+")
-            old = root.attrs.get("config")
-        except Exception:  # noqa: BLE001 - not a zarr group at all
-            old = None
-            if any(path.iterdir()) and not overwrite:
-                raise ChanaxisError(f"'{path}' exists and is not a chanaxis run store; choose another --out or pass "
-                                    "--overwrite to replace it") from None
-        if old is not None and old != config and not overwrite:
-            diff = config_diff(old, config)
+    if path.exists() and not path.is_dir():
+        raise ChanaxisError(f"'{path}' is a file, not a folder; give --out a path for a new run store (RUN.zarr)")
+    if path.is_dir() and any(path.iterdir()):
+        why = safety.protected(path)
+        if why:
+            raise ChanaxisError(f"'{path}' cannot be a run store: {why}; give --out a folder of its own "
+                                f"(e.g. {path / 'run.zarr'})")
+        if not safety.is_chanaxis_store(path):
+            found = ", ".join(p.name for p in sorted(path.iterdir())[:4])
+            raise ChanaxisError(f"'{path}' exists and is not a chanaxis run store (it holds {found}); chanaxis "
+                                "never replaces what it did not make: choose another --out")
+        root = zarr.open_group(str(path), mode="r+")
+        old = root.attrs.get("config")
+        if old == config:
+            return root
+        if not overwrite:
+            diff = config_diff(old or {}, config)
             raise ChanaxisError(f"'{path}' holds a run made with another config (differs in: {', '.join(diff)}); "
                                 "use another --out, the same options, or --overwrite to replace it")
-        if overwrite or old is None:
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            return root
+        safety.remove_store(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        root = zarr.open_group(str(path), mode="w")
+        # the root's attributes go out with the group itself: a store is never left without its chanaxis mark
+        root = zarr.create_group(store=str(path), overwrite=True, attributes={
+            "made_by": safety.MARK, "chanaxis_version": __version__, "config": config, "status": {}})
     except OSError as e:
         raise ChanaxisError(f"cannot write the run store at '{path}' ({e.strerror}); choose a writable --out") from None
-    root.attrs.update({"chanaxis_version": __version__, "config": config, "status": {}})
     return root
 
 

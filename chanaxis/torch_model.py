@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .model import LayerGraph
-from .torch_graph import build_graph
+from .torch_graph import build_graph, filters_of
 
 
 def to_nchw(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -36,9 +36,10 @@ class TorchModel:
         self._modules = dict(self.module.named_modules())
 
     def refresh_graph(self) -> None:
-        """Re-read filters after the weights changed (training, loading a checkpoint)."""
-        self.graph = build_graph(self.module, self.input_size, exclude_prefixes=self.exclude_prefixes,
-                                 device=self.device)
+        """Re-read filters after the weights changed (training, loading a checkpoint): the architecture, and so the
+        traced structure, is the same, so nothing is traced again."""
+        mods = dict(self.module.named_modules())
+        self.graph.set_filters({name: filters_of(mods[name]) for name in self.graph.names})
 
     def weights_sha256(self) -> str:
         h = hashlib.sha256()

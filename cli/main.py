@@ -65,9 +65,23 @@ COMMAND_MODULES: list[str] = ["capture_cmd", "metrics_cmd", "train_cmd", "trajec
                               "analyze_cmd", "report_cmd"]
 
 
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """argparse, with an unknown option answered by the nearest valid option of that command."""
+    import difflib
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        valid = [o for o in sub._option_string_actions if o.startswith("--")]
+        unknown = next((x for x in extra if x.startswith("-")), extra[0])
+        near = difflib.get_close_matches(unknown.split("=")[0], valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]}?" if near else f"; `chanaxis {args.command} --help` lists the options"
+        sub.error(f"unrecognized argument {unknown}{hint}")
+    return args
+
+
 def main(argv=None) -> int:
     from chanaxis.errors import ChanaxisError
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -80,6 +94,14 @@ def main(argv=None) -> int:
         from chanaxis.cli.common import err
         err.print("interrupted; rerun the same command to resume")
         return 130
+    except OSError as e:  # the machine said no (disk full, read-only folder): one line, never a traceback
+        import errno
+        from chanaxis.cli.common import err
+        what = {errno.ENOSPC: "the disk is full", errno.EROFS: "the folder is read-only",
+                errno.EACCES: "permission denied"}.get(e.errno, e.strerror or type(e).__name__)
+        err.print(f"[bold red]error:[/] {what} ({e.filename or 'a file'}); free space or choose a writable --out, "
+                  "then rerun the same command to resume", highlight=False, soft_wrap=True)
+        return 2
     return 0
 
 

@@ -157,6 +157,38 @@ def test_residual_branch_keeps_stream_alive():
     assert not eff.in_live["layer2.0.conv1"][:8].any() and not eff.in_live["layer2.0.downsample.0"][:8].any()
 
 
+def test_one_trace_feeds_graph_and_pruning(monkeypatch):
+    """Loading a model and planning its pruning trace it once: the plan reads the flow walked with the graph."""
+    import chanaxis.torch_graph as tg
+    from chanaxis.interventions.masks import dataflow
+    from chanaxis.model import LayerGraph
+
+    real, calls = tg.trace, []
+    monkeypatch.setattr(tg, "trace", lambda module: calls.append(module) or real(module))
+    torch.manual_seed(0)
+    m = chanaxis.load_model("test_efficientnet", num_classes=10, image_size=32)  # squeeze-excite gates, BN
+    plan, again = PruningPlan(m), PruningPlan(m)
+    assert len(calls) == 1
+    assert plan.flow is m.graph.flow and plan.flow.traced
+    assert set(plan.flow.info) == set(m.graph.names) | set(m.graph.other_macs)  # the classifier included
+    keep = random_keep(plan, 0.5, seed=3)
+    assert plan.macs(plan.effective(keep)) == again.macs(again.effective(keep)) < plan.full_macs
+    rewalk = tg.build_graph(m.module, m.input_size, exclude_prefixes=m.exclude_prefixes).flow
+    assert rewalk == plan.flow and len(calls) == 2
+    g = m.graph  # a graph not read from a torch module (ONNX) has no flow: the graph-only accounting
+    bare = dataflow(type("M", (), {"graph": LayerGraph(g.layers, {n: g.filters(n) for n in g.names}, g.other_macs)}))
+    assert not bare.traced and bare.order == g.names
+
+
+def test_flow_passes_only_an_analysed_layers_own_bn():
+    """A silenced channel stays zero behind the BN where its layer's mask sits; any other BN is opaque."""
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 8, 3), nn.BatchNorm2d(8),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    m = chanaxis.load_model(net, image_size=16)  # conv "0" has < 4 outputs: counted, not analysed
+    assert m.graph.names == ["3"]
+    assert m.graph.flow.sources == {"0": {"<input>"}, "3": {"<opaque>"}, "8": {"3"}}
+
+
 class _Chain(nn.Sequential):
     def __init__(self):
         super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),

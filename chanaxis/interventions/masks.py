@@ -8,19 +8,14 @@ and counts MACs from the effective kept input and output channels of every conv 
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..model import LayerGraph
-from ..torch_graph import union_sources
+from ..model import INPUT, Dataflow, LayerGraph, ModuleInfo
 
-INPUT, OPAQUE = "<input>", "<opaque>"  # the image; a tensor whose channels cannot be traced back (cat, LN, ...)
-_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
-_CAT = {torch.cat, torch.concat, torch.stack, "cat"}
 EFFICIENTNET_POINTWISE = ("conv_pw", "conv_pwl", "conv_head")
 
 
@@ -32,104 +27,16 @@ def lesion_variants(c_out: int, channels) -> np.ndarray:
     return m
 
 
-@dataclass
-class ModuleInfo:
-    name: str
-    c_in: int
-    c_out: int
-    groups: int
-    macs: int  # MACs per image with every channel kept
-
-
-@dataclass
-class Dataflow:
-    """For every conv/linear module, in execution order: which modules produce the channels it reads."""
-
-    order: list[str]
-    info: dict[str, ModuleInfo]
-    sources: dict[str, frozenset[str]]
-    traced: bool  # False: read from the LayerGraph alone (analysed layers only; other modules counted in full)
-
-
 def dataflow(model) -> Dataflow:
-    module = getattr(model, "module", None)
+    """The channel sources of every conv/linear module: traced with the graph of a torch module (`graph.flow`);
+    else (ONNX, a graph built without tracing) read from the LayerGraph's analysed layers alone."""
     graph: LayerGraph = model.graph
-    if isinstance(module, nn.Module):
-        try:
-            return _traced_dataflow(module, graph, model.input_size, getattr(model, "device", "cpu"))
-        except Exception:  # noqa: BLE001 - an untraceable model still gets the graph-only accounting
-            pass
+    if graph.flow is not None:
+        return graph.flow
     info = {l.name: ModuleInfo(l.name, l.c_in, l.c_out, l.groups, l.macs) for l in graph.layers}
     producers = {l.name: [p.name for p in graph.layers if l.name in p.consumers] for l in graph.layers}
     sources = {n: frozenset(p or [INPUT]) for n, p in producers.items()}
     return Dataflow(graph.names, info, sources, traced=False)
-
-
-def _traced_dataflow(module: nn.Module, graph: LayerGraph, input_size, device) -> Dataflow:
-    import torch.fx as fx
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    from ..torch_graph import BN_TYPES, LN_TYPES, trace
-
-    gm = fx.GraphModule(module, trace(module))
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros((1, *input_size), device=device))
-    finally:
-        module.train(was_training)
-    mods = dict(module.named_modules())
-    own_norm = {l.norm_module: l.name for l in graph.layers if l.norm_module and l.norm == "bn"}
-    src: dict = {}
-    order, info, sources = [], {}, {}
-
-    def of(args) -> frozenset[str]:
-        return union_sources(args, src)
-
-    def shape(n):
-        meta = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
-        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            src[node] = frozenset([INPUT])
-        elif node.op == "get_attr":
-            src[node] = frozenset([OPAQUE])
-        elif node.op == "call_module":
-            m = mods[node.target]
-            ins = of(node.args)
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                name = node.target
-                order.append(name)
-                sources[name] = ins
-                if name in graph:
-                    l = graph[name]
-                    info[name] = ModuleInfo(name, l.c_in, l.c_out, l.groups, l.macs)
-                elif name in graph.other_macs:
-                    c_in, c_out, groups = ((m.in_channels, m.out_channels, m.groups) if isinstance(m, nn.Conv2d)
-                                           else (m.in_features, m.out_features, 1))
-                    info[name] = ModuleInfo(name, c_in, c_out, groups, graph.other_macs[name])
-                src[node] = frozenset([name])
-            elif node.target in own_norm and ins == {own_norm[node.target]}:
-                src[node] = ins  # the layer's own BN: the mask sits right after it
-            elif isinstance(m, BN_TYPES + LN_TYPES):
-                src[node] = frozenset([OPAQUE])  # a zero channel leaves a norm as β (BN) or mixed (LN)
-            else:
-                src[node] = ins
-        elif node.op in ("call_function", "call_method"):
-            if node.target in _CAT:
-                src[node] = frozenset([OPAQUE])
-            elif node.target in _MUL:
-                out_shape = shape(node)
-                full = [a for a in node.args if isinstance(a, fx.Node) and shape(a) == out_shape]
-                # a broadcast gate (squeeze-excite) scales channels but never brings a silenced one back
-                src[node] = of(full) if full else of(node.args)
-            else:
-                src[node] = of((node.args, node.kwargs))
-    return Dataflow(order, info, sources, traced=True)
-
-
 
 
 def prunable_layers(graph: LayerGraph) -> list[str]:

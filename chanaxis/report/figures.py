@@ -19,9 +19,10 @@ def _save(fig, out: Path) -> Path:
     plt.close(fig)
     return out
 
-def figure_dir(run: str | Path) -> Path:
+def figure_dir(run: str | Path, where: str | Path | None = None) -> Path:
+    """`<where>/<run>_figures` (default beside the store)."""
     run = Path(run)
-    d = run.parent / f"{run.stem}_figures"
+    d = Path(where or run.parent) / f"{run.stem}_figures"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -120,9 +121,9 @@ def lesion_predictors(summary_lesion: dict, out: Path) -> Path:
     return _save(fig, out)
 
 
-def write_all(run: str | Path, summary: dict) -> list[Path]:
+def write_all(run: str | Path, summary: dict, where: str | Path | None = None) -> list[Path]:
     tree = open_run(run)
-    d = figure_dir(run)
+    d = figure_dir(run, where)
     written = []
     if "metrics" in tree.children and "task_info" in tree["metrics"].to_dataset():
         written.append(plane(tree["metrics"].to_dataset().compute(), d / "two_axis_plane.png"))

@@ -8,13 +8,15 @@ and yields the same arrays (spatial positions are drawn up front from the seed, 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import store
+from .. import integrity, store
 from ..data import calibration_indices, load_dataset
 from ..errors import ChanaxisError
 from ..params import Params, param
@@ -84,18 +86,30 @@ class CaptureStage(Stage):
         unknown = [l for l in names if l not in graph]
         if unknown:
             raise ChanaxisError(f"unknown layer '{unknown[0]}'; valid layers: {', '.join(graph.names[:8])}, ...")
+        bad = next((l for l in names if not np.isfinite(graph.filters(l)).all()), None)
+        if bad is not None:
+            raise ChanaxisError(f"layer '{bad}' has NaN or infinite weights; the checkpoint is damaged (or training "
+                                "diverged): load another one")
         config = {
             "model": model.spec, "weights_sha256": model.weights_sha256(),
-            "dataset": {"name": handle.name, "split": p.split, "root": handle.root, "transform": p.transform},
+            "dataset": {"name": handle.name, "split": p.split, "root": handle.root, "transform": p.transform,
+                        # an ImageFolder is known by its folder: absolute, so any later stage finds it from anywhere
+                        **({"path": str(Path(handle.card.search[0]).resolve())}
+                           if handle.card.format == "imagefolder" else {})},
             "n_calibration": len(idx), "spatial_samples": p.spatial_samples, "seed": p.seed, "dtype": p.dtype,
             "chunk_images": p.chunk_images, "layers": names, "target_mode": "match",
             **(ctx.inputs.get("extra_config") or {}),
         }
         grp = store.create_or_resume(run, config, overwrite=bool(ctx.inputs.get("overwrite")))
-        if store.stage_state(grp, self.name) in ("running", "done"):
+        if store.stage_state(grp, self.name) == "done":
+            _reopen_damaged(grp, run, ctx)
+            return
+        if store.stage_state(grp, self.name) == "running":
             return
         positions = {l: spatial_positions(len(idx), int(np.prod(graph[l].out_hw)), p.spatial_samples, p.seed,
                                           graph[l].depth) for l in names}
+        _check_space(run, len(idx), {l: (positions[l].shape[1], graph[l].c_out) for l in names}, p.dtype,
+                     model.num_classes)
         _create_arrays(grp, model, names, positions, idx, -(-len(idx) // p.chunk_images), p.chunk_images, p.dtype,
                        config)
         store.set_status(grp, self.name, "running")  # only now: a capture killed while making arrays remakes them
@@ -122,6 +136,7 @@ class CaptureStage(Stage):
         logits = torch.as_tensor(logits).float().cpu()
         result = {l: (v[0].cpu().numpy().astype(st.np_dtype, copy=False), v[1].cpu().numpy())
                   for l, v in caps.items()}
+        _check_finite(result, logits, st, lo, hi)
         margin = logit_margin(logits, y).numpy()
         correct = (logits.argmax(1) == y).numpy()
         st.wait()
@@ -139,6 +154,70 @@ class CaptureStage(Stage):
             raise ChanaxisError(f"the capture into '{run}' has unfinished chunks; rerun the same command to resume")
         store.set_status(grp, self.name, "done")
         return str(run)
+
+
+def store_bytes(n_images: int, layers: dict[str, tuple[int, int]], dtype: str, n_classes: int) -> int:
+    """Bytes a capture writes: per layer the samples (samples per image × channels) and the per-image means, plus
+    the per-image records (label, margin, correct, logits)."""
+    item = 2 if dtype == "float16" else 4
+    per_image = sum(s * c * item + c * 4 for s, c in layers.values()) + 4 * n_classes + 9
+    return int(n_images * per_image)
+
+
+def _check_space(run, n_images, layers, dtype, n_classes) -> None:
+    need = store_bytes(n_images, layers, dtype, n_classes)
+    probe = Path(run).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ChanaxisError(f"the run store needs about {need / 1e9:.2f} GB and '{probe}' has {free / 1e9:.2f} GB "
+                            "free; free space, choose another --out, or capture fewer images (--n-calibration) or "
+                            "--dtype float16")
+
+
+def _reopen_damaged(grp, run, ctx: Context) -> None:
+    """A finished capture run again: verify every chunk against its checksum and mark the damaged ones (a deleted
+    or altered chunk file) to be written again; nothing else is redone."""
+    import dask
+    import dask.array as da
+    names = list(grp.attrs["config"]["layers"])
+    chunk = int(grp.attrs["config"]["chunk_images"])
+    want = {l: integrity.recorded(grp, store.layer_node(l)) for l in names}
+    if any(w is None for w in want.values()):
+        return  # written before checksums were recorded
+    got = dask.compute(*[integrity.block_crcs(da.from_zarr(grp[store.layer_array(l, "local")])) for l in names])
+    margin = np.asarray(grp[store.samples_array("margin")][...])
+    bad = set(np.flatnonzero(np.asarray([integrity.crc(margin[i:i + chunk]) for i in range(0, len(margin), chunk)])
+                             != integrity.recorded(grp, store.SAMPLES)).tolist())
+    for l, g in zip(names, got):
+        bad |= set(np.flatnonzero(np.asarray(g) != want[l]).tolist())
+    if bad:
+        done = grp[store.samples_array("chunk_done")]
+        for k in sorted(bad):
+            done[k] = False
+        store.set_status(grp, "capture", "running")
+        if ctx.console is not None or ctx.progress:
+            (ctx.console.print if ctx.console is not None else print)(
+                f"capture: {len(bad)} damaged chunk(s) in '{run}' ({', '.join(map(str, sorted(bad)[:8]))}); "
+                "writing them again")
+
+
+def _check_finite(result: dict, logits: torch.Tensor, st, lo: int, hi: int) -> None:
+    """Stop at the first layer (in execution order) whose samples are NaN or infinite: every metric computed from
+    them would be NaN, and a report of NaN is a silently wrong result."""
+    where = f"calibration images {lo}–{hi - 1}"
+    for name in st.names:
+        local, gap = result[name]
+        if not (np.isfinite(local).all() and np.isfinite(gap).all()):
+            if np.isfinite(gap).all() and st.np_dtype == np.float16:
+                raise ChanaxisError(f"layer '{name}' has activations beyond float16's range (±65504) on {where}; "
+                                    "capture with --dtype float32")
+            raise ChanaxisError(f"layer '{name}' outputs NaN or infinite values on {where}: the model's weights or "
+                                "these images hold non-finite values; check the checkpoint and the data")
+    if not torch.isfinite(logits).all():
+        raise ChanaxisError(f"the model's logits are NaN or infinite on {where} (the analysed layers are finite: "
+                            "the classifier head is not); check the checkpoint")
 
 
 def _dataset(ctx: Context, model, p: CaptureParams):
@@ -168,8 +247,10 @@ class _State:
                           for l in self.names}
         device = getattr(self.model, "device", "cpu")
         self.pos_t = {l: torch.as_tensor(v, dtype=torch.long, device=device) for l, v in self.positions.items()}
-        self.arrays = {l: (grp[store.layer_array(l, "local")], grp[store.layer_array(l, "gap")]) for l in self.names}
+        self.arrays = {l: (grp[store.layer_array(l, "local")], grp[store.layer_array(l, "gap")],
+                           grp[store.layer_array(l, integrity.CRC)]) for l in self.names}
         self.samples = {k: grp[store.samples_array(k)] for k in ("label", "margin", "correct", "logits")}
+        self.samples["crc"] = grp[store.samples_array(integrity.CRC)]
         self.done_arr = grp[store.samples_array("chunk_done")]
         self.np_dtype = np.float16 if grp.attrs["config"]["dtype"] == "float16" else np.float32
         self.writer = ThreadPoolExecutor(max_workers=1)
@@ -186,9 +267,11 @@ def capture(model, dataset, out, *, overwrite: bool = False, progress: bool = Tr
     """Capture `model` (a `Model`, or a name/path any adapter opens) on a calibration subset of `dataset` into the
     run store at `out`; resumable; returns the store's path."""
     stage = CaptureStage(**params)
-    if not hasattr(model, "graph"):
+    if not hasattr(model, "graph"):  # a name, as on the command line: sized for the dataset's card
+        from ..data import get_card
         from ..registry import load_model
-        model = load_model(model, device=device)
+        card = get_card(dataset.card.name if hasattr(dataset, "card") else dataset)
+        model = load_model(model, num_classes=card.num_classes, image_size=card.image_size, device=device)
     ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, data_root=data_root,
                   dataset=dataset, overwrite=overwrite, extra_config=extra_config)
     return run_stage(stage, out, ctx)
@@ -202,7 +285,9 @@ def _write_chunk(arrays, samples, done_arr, c, lo, hi, positions, result, labels
              (samples["correct"], slice(lo, hi), correct), (samples["logits"], slice(lo, hi), logits)]
     for l, (local, gap) in result.items():
         s = positions[l].shape[1]
-        items += [(arrays[l][0], slice(lo * s, hi * s), local), (arrays[l][1], slice(lo, hi), gap)]
+        items += [(arrays[l][0], slice(lo * s, hi * s), local), (arrays[l][1], slice(lo, hi), gap),
+                  (arrays[l][2], c, integrity.crc(local))]
+    items.append((samples["crc"], c, integrity.crc(margin)))
     store.write_many(items)
     done_arr[c] = True  # last: the chunk counts only once everything above is on disk
 
@@ -225,6 +310,8 @@ def _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dt
              attrs={"units": "1", "description": "argmax of the logits is the label"}),
         dict(name="samples/logits", shape=(n, model.num_classes), dims=["image", "class"], dtype="float32",
              chunks=(chunk_images, model.num_classes), attrs={"units": "logit"}),
+        dict(name=f"samples/{integrity.CRC}", shape=(n_chunks,), dims=["chunk"], dtype="int64", chunks=(1,),
+             attrs={"units": "1", "description": "CRC-32 of each chunk of margin as written"}),
         dict(name="samples/chunk_done", shape=(n_chunks,), dims=["chunk"], dtype="bool", chunks=(1,),
              attrs={"units": "1", "description": "the chunk's samples are all written"}),
     ]
@@ -249,6 +336,8 @@ def _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dt
                  data=np.repeat(np.arange(n, dtype=np.int32), s), attrs={"units": "1"}),
             dict(name=f"{node}/position", shape=(n * s,), dims=["sample"], dtype="int32",
                  data=positions[l].reshape(-1).astype(np.int32), attrs={"units": "1", "description": "flat spatial index h*W+w"}),
+            dict(name=f"{node}/{integrity.CRC}", shape=(n_chunks,), dims=["chunk"], dtype="int64", chunks=(1,),
+                 attrs={"units": "1", "description": "CRC-32 of each chunk of local as written"}),
             dict(name=f"{node}/channel", shape=(layer.c_out,), dims=["channel"], dtype="int32",
                  data=np.arange(layer.c_out, dtype=np.int32), attrs={"units": "1"}),
             dict(name=f"{node}/group", shape=(layer.c_out,), dims=["channel"], dtype="int64",

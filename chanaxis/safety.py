@@ -1,0 +1,176 @@
+"""What chanaxis may delete, and who may write a store: it deletes only what it can prove it made, and one writer
+holds a store at a time.
+
+A folder is a chanaxis store when its root `zarr.json` carries chanaxis's own attributes (`made_by`, or the
+`chanaxis_version` + `config` of stores written before that marker). It may be replaced (`--overwrite`) only when it
+holds nothing but its own files: zarr node folders, `zarr.json` and chanaxis's lock. Never the current directory, a
+parent of it, the home directory or a filesystem root, whatever they hold.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from .errors import ChanaxisError
+
+MARK = "chanaxis"          # root attrs["made_by"] of every store chanaxis creates
+LOCK = ".{name}.chanaxis-lock"  # beside the store (zarr would list a file inside it): {"pid", "host", "since"}
+
+
+def root_attrs(path: Path) -> dict | None:
+    """The root attributes of a zarr v3 (`zarr.json`) or v2 (`.zattrs`) group at `path`, None when it is none."""
+    try:
+        if (path / "zarr.json").is_file():
+            return json.loads((path / "zarr.json").read_text()).get("attributes", {}) or {}
+        if (path / ".zgroup").is_file():
+            return json.loads((path / ".zattrs").read_text()) if (path / ".zattrs").is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return None
+
+
+def is_chanaxis_store(path: str | Path) -> bool:
+    attrs = root_attrs(Path(path))
+    return bool(attrs) and (attrs.get("made_by") == MARK or ("chanaxis_version" in attrs and "config" in attrs))
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of a store folder that are not the store's own (a file or folder a person or another tool put
+    there): the store's own are `zarr.json` and folders that are zarr nodes (hold `zarr.json`)."""
+    out = []
+    for p in sorted(path.iterdir()):
+        if p.name == "zarr.json":
+            continue
+        if p.is_dir() and not p.is_symlink() and _is_node_tree(p):
+            continue
+        out.append(p.name)
+    return out
+
+
+def _is_node_tree(d: Path) -> bool:
+    """A zarr v3 node folder: `zarr.json` beside chunk files (`c/…`) and child node folders only."""
+    if not (d / "zarr.json").is_file():
+        return False
+    for p in d.iterdir():
+        if p.is_symlink():
+            return False
+        if p.is_dir() and p.name != "c" and not _is_node_tree(p):
+            return False
+        if p.is_file() and p.name != "zarr.json":
+            return False
+    return True
+
+
+def protected(path: Path) -> str | None:
+    """Why `path` may never be deleted (the current directory or a parent of it, home, a root), else None."""
+    p = path.resolve()
+    cwd = Path.cwd().resolve()
+    if p == Path(p.anchor) or p.parent == p:
+        return "it is a filesystem root"
+    if p == Path.home().resolve():
+        return "it is the home directory"
+    if p == cwd or p in cwd.parents:
+        return "it is the current directory or a parent of it"
+    return None
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise unless `path` is a chanaxis store holding only its own files, in a place that may be deleted."""
+    why = protected(path)
+    if why:
+        raise ChanaxisError(f"chanaxis will not delete '{path}': {why}; give --out a folder of its own (e.g. "
+                            f"{path / 'run.zarr'})")
+    if not is_chanaxis_store(path):
+        found = ", ".join(p.name for p in sorted(path.iterdir())[:4]) or "nothing"
+        raise ChanaxisError(f"'{path}' is not a store chanaxis made (it holds {found}); chanaxis deletes only its own "
+                            "stores: choose another --out, or move it away yourself")
+    extra = foreign_entries(path)
+    if extra:
+        raise ChanaxisError(f"'{path}' is a chanaxis store but also holds files chanaxis did not write "
+                            f"({', '.join(extra[:4])}); chanaxis will not delete them: move them out, or choose "
+                            "another --out")
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a chanaxis store after `check_replaceable` proves it may go."""
+    path = Path(path)
+    check_replaceable(path)
+    shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------------------------------- the lock
+def lock_file(path: str | Path) -> Path:
+    """The writer lock of the store (or output folder) at `path`: a hidden file beside it."""
+    path = Path(path)
+    return path.parent / LOCK.format(name=path.name)
+
+
+class WriterLock:
+    """An advisory lock file beside a store (or any output folder): one writing process at a time.
+
+    A lock left by a dead process on this host is taken over; one held by a live process, or by another host (whose
+    processes cannot be checked from here), is refused with a message naming the holder and the file."""
+
+    def __init__(self, path: str | Path):
+        self.folder = Path(path)
+        self.file = lock_file(path)
+        self.held = False
+
+    def acquire(self) -> "WriterLock":
+        if self.held or not self.folder.is_dir():
+            return self
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+                    return self  # this process already holds it (a stage inside a study)
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    self.file.unlink(missing_ok=True)  # left by a process that died: take it over
+                    continue
+                raise ChanaxisError(
+                    f"'{self.folder}' is being written by process {holder.get('pid')} on "
+                    f"{holder.get('host')} (since {holder.get('since')}); wait for it to finish, or delete "
+                    f"{self.file} if that process is gone") from None
+            except OSError as e:
+                raise ChanaxisError(f"cannot write beside '{self.folder}' ({e.strerror}); choose a writable --out"
+                                    ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise ChanaxisError(f"could not take the lock {self.file}; another process keeps taking it")
+
+    def release(self) -> None:
+        if self.held:
+            if self._holder().get("pid") == os.getpid():
+                self.file.unlink(missing_ok=True)
+            self.held = False
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
