@@ -53,11 +53,7 @@ def estimate_stages(study, stages: list[str]) -> tuple[list[tuple[str, str, floa
     p = study.params
     graph = model.graph
     rows = []
-    try:
-        from .data import load_dataset
-        n_train = len(load_dataset(study.dataset, split="train", root=study.data_root).dataset)
-    except Exception:  # noqa: BLE001 - the train stage itself will explain a missing dataset
-        n_train = 50000
+    n_train = study.train_images()  # the dataset was found before any estimate: no fallback size
     n_train = min(n_train, p["train"].train_subset or n_train)
     epochs = p["train"].epochs or int(card.recipe.get("epochs", 30))
     n_cal = p["capture"].n_calibration

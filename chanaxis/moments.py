@@ -34,7 +34,7 @@ def compute(run, layer: str, scheduler=None) -> Moments:
     kw = {"scheduler": scheduler} if scheduler is not None else {}
     # the chunks' checksums in the same pass as the sums: a missing or damaged chunk is an error, never zeros
     (sy, syy, st, stt, syt), crcs = dask.compute(sums, integrity.block_crcs(raw), **kw)
-    chunk = int(grp.attrs["config"]["chunk_images"])
+    chunk = int(store.run_config(grp)["chunk_images"])
     integrity.check(run, f"layer '{layer}'", crcs, integrity.recorded(grp, store.layer_node(layer)), chunk)
     margin = np.asarray(grp[store.samples_array("margin")][...])
     integrity.check(run, "the logit margins",

@@ -9,7 +9,7 @@ from .registry import load_model
 
 
 def run_config(path: str | Path) -> dict:
-    return dict(store.open_group(path).attrs["config"])
+    return store.run_config(path)
 
 
 def model_from_store(path: str | Path, device: str = "cpu", model=None):

@@ -117,6 +117,11 @@ class Stage:
     def run_unit(self, run, unit: Unit, ctx: Context) -> None:
         raise NotImplementedError
 
+    def flush(self, run, ctx: Context) -> None:
+        """Wait until what the units run so far in `ctx` wrote is on disk. A stage may let a unit's writes overlap
+        the next unit's compute (capture does); whoever runs units one at a time in separate contexts (another
+        process, a cluster task) calls this after each."""
+
     def finish(self, run, ctx: Context) -> Any:
         """Assemble the stage's node from its units and mark the stage done."""
 

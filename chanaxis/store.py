@@ -85,6 +85,29 @@ def check_node_config(grp: zarr.Group, node: str, config: dict, overwrite: bool,
         del grp[node]
 
 
+def run_config(run) -> dict:
+    """The config the run store was created with (model, dataset, calibration, capture parameters)."""
+    grp = run if isinstance(run, zarr.Group) else open_group(run)
+    return dict(grp.attrs.get("config", {}))
+
+
+def stage_config(grp: zarr.Group, stage: str, node: str | None = None) -> dict | None:
+    """The parameters a stage recorded: on its node's attrs (`node`), else in the root attrs as `<stage>_config`."""
+    if node is not None:
+        return grp[node].attrs.get("config") if node in grp else None
+    return grp.attrs.get(f"{stage}_config")
+
+
+def set_stage_config(grp: zarr.Group, stage: str, config: dict, node: str | None = None) -> None:
+    target = grp[node] if node is not None else grp
+    target.attrs.update({"config" if node is not None else f"{stage}_config": jsonable(config)})
+
+
+def set_provenance(grp: zarr.Group, **attrs) -> None:
+    """Record study-level provenance (the preset and its parameters) in the root attrs, in one write."""
+    grp.update_attributes(jsonable(attrs))
+
+
 def stage_state(run, stage: str) -> str | None:
     """'running', 'done' or None: what the store records of `stage` (`run` a path or an open group)."""
     grp = run if isinstance(run, zarr.Group) else open_group(run)

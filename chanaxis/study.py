@@ -128,6 +128,13 @@ class Study:
                                 "train stage (--stages train)")
         return str(self.out / "train" / best)
 
+    def train_images(self) -> int:
+        """Images in the dataset's training split; loading it first is how a missing dataset is found before
+        anything is timed (the error names the paths tried and how to get the data)."""
+        from .data import load_dataset
+        return self.ctx.memo(("train_images",), lambda: len(load_dataset(
+            self.dataset, split="train", root=self.data_root, image_size=self.card().image_size).dataset))
+
     def card(self):
         from .data import get_card
         return get_card(self.dataset)
@@ -143,7 +150,7 @@ class Study:
         from . import store
         model = self.load_model(self.trained_checkpoint())
         if run is not None and Path(str(run)).exists():
-            want = store.open_group(run).attrs.get("config", {}).get("weights_sha256")
+            want = store.run_config(run).get("weights_sha256")
             if want and model.weights_sha256() != want:
                 raise ChanaxisError(f"the trained weights differ from those captured in '{run}' (sha256 mismatch); "
                                     "has the checkpoint changed? Use another --out")
@@ -172,7 +179,7 @@ class Study:
         if name == "capture":  # the study's parameters beside the capture's own config
             from . import store
             grp = store.open_group(self.run, mode="r+")
-            grp.attrs["preset"] = {"name": self.preset_name, **flat(self.identity["parameters"])}
+            store.set_provenance(grp, preset={"name": self.preset_name, **flat(self.identity["parameters"])})
         if name == "trajectory" and self.run.exists():  # the report reads the trajectory from the run store
             from . import store
             tree = store.open_run(result)
@@ -191,8 +198,10 @@ def analyze(model: str, dataset: str, out: str | Path, checkpoint=None, preset: 
                   data_root=data_root, pretrained=pretrained, console=console, progress=progress,
                   overrides=overrides)
     todo = parse_stages(stages)
-    study.claim_folder()
     study.check_order(todo)
+    if any(not study.done(s) for s in todo if s != "report"):
+        study.train_images()  # data first: a missing dataset is said before the folder is claimed or anything timed
+    study.claim_folder()
     if estimate:
         study.estimate([s for s in todo if not study.done(s)])
     summary: dict = {}

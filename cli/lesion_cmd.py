@@ -3,14 +3,10 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from chanaxis.cli.common import add_run_options
-    from chanaxis.cli.options import add_params
+    from chanaxis.cli.options import stage_command
     from chanaxis.interventions.lesion import LesionStage
-    s = sub.add_parser("lesion", help=LesionStage.help)
-    s.add_argument("run", help="run store (RUN.zarr) with /metrics (`chanaxis metrics RUN` first)")
-    add_params(s, LesionStage.Params)
-    add_run_options(s, overwrite="redo a /lesion made with other options")
-    s.set_defaults(func=run)
+    stage_command(sub, LesionStage, run, "run store (RUN.zarr) with /metrics (`chanaxis metrics RUN` first)",
+                  overwrite="redo a /lesion made with other options")
 
 
 def run(a) -> None:

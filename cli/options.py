@@ -60,3 +60,14 @@ def given(args: argparse.Namespace, params_cls: type[Params]) -> dict:
             v = None
         out[d["name"]] = v
     return out
+
+
+def stage_command(sub, stage_cls, func, run_help: str, overwrite: str | None = None) -> argparse.ArgumentParser:
+    """The subcommand of a stage that works on a run store: `chanaxis NAME RUN [its parameters]`."""
+    from chanaxis.cli.common import add_run_options
+    s = sub.add_parser(stage_cls.name, help=stage_cls.help)
+    s.add_argument("run", help=run_help)
+    add_params(s, stage_cls.Params)
+    add_run_options(s, overwrite=overwrite)
+    s.set_defaults(func=func)
+    return s

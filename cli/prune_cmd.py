@@ -3,14 +3,10 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from chanaxis.cli.common import add_run_options
-    from chanaxis.cli.options import add_params
+    from chanaxis.cli.options import stage_command
     from chanaxis.interventions.prune import PruneStage
-    s = sub.add_parser("prune", help=PruneStage.help)
-    s.add_argument("run", help="run store (RUN.zarr) with /metrics (`chanaxis metrics RUN` first)")
-    add_params(s, PruneStage.Params)
-    add_run_options(s, overwrite="redo a /pruning made with other options")
-    s.set_defaults(func=run)
+    stage_command(sub, PruneStage, run, "run store (RUN.zarr) with /metrics (`chanaxis metrics RUN` first)",
+                  overwrite="redo a /pruning made with other options")
 
 
 def run(a) -> None:

@@ -96,9 +96,17 @@ def test_bad_input(tmp_path, study):
     with pytest.raises(ChanaxisError, match="unknown stage"):
         analyze("test_resnet", "synthetic", tmp_path / "c", stages="train,lesions", progress=False)
     ckpt = out / "train" / "checkpoints" / "best.pt"
-    with pytest.raises(ChanaxisError, match="does not fit"):  # 10-class checkpoint on a 200-class... digits has 10
+    with pytest.raises(ChanaxisError, match="tiny-imagenet not found"):  # the data is checked before anything else
         analyze("test_resnet", "tiny-imagenet", tmp_path / "d", checkpoint=ckpt, progress=False, estimate=False,
                 stages="capture", data_root=str(tmp_path))
+    from PIL import Image
+    for cls in ("a", "b"):  # a 10-class checkpoint on a 2-class ImageFolder
+        (tmp_path / "two" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / "two" / cls / f"{i}.png")
+    with pytest.raises(ChanaxisError, match="does not fit"):
+        analyze("test_resnet", str(tmp_path / "two"), tmp_path / "d2", checkpoint=ckpt, progress=False,
+                estimate=False, stages="capture")
     r = subprocess.run([sys.executable, "-m", "chanaxis.cli.main", "analyze", "test_resnet", "-d", "synthetic",
                         "--preset", "nope", "--out", str(tmp_path / "e")], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid choice: 'nope'" in r.stderr and "Traceback" not in r.stderr

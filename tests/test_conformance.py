@@ -141,7 +141,9 @@ def _run(name: str, folder: Path, params: dict | None = None, order=None, fresh_
     # every unit in its own Context (own memos, own model build), as tasks on separate workers would run them
     stage.prepare(path, _context(folder, case))
     for unit in stage.units(path):
-        stage.run_unit(path, unit, _context(folder, case))
+        ctx = _context(folder, case)
+        stage.run_unit(path, unit, ctx)
+        stage.flush(path, ctx)  # what a task does before it reports done
     stage.finish(path, _context(folder, case))
     return path
 

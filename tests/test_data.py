@@ -4,8 +4,6 @@ import gzip
 import hashlib
 import pickle
 import re
-import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np

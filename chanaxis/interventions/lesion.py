@@ -65,7 +65,7 @@ def ridge_lambda(grp) -> float:
     """The ridge λ the metrics stage used (its `lam`): peer replacement fits with the same one."""
     lam = dict(grp[store.METRICS].attrs.get("parameters") or {}).get("lam")
     if lam is None:
-        lam = dict(grp.attrs.get("metrics_config") or {}).get("lam")
+        lam = dict(store.stage_config(grp, "metrics") or {}).get("lam")
     if lam is None:
         raise ChanaxisError("/metrics records no ridge lambda (parameter 'lam'); rerun `chanaxis metrics RUN`")
     return float(lam)
@@ -252,7 +252,7 @@ def _raw_group(grp, config, names, n_units):
     if store.LESION in grp and "layer_done" in grp[store.LESION]:
         return grp[store.LESION]
     lg = grp.require_group(store.LESION)
-    lg.attrs["config"] = store.jsonable(config)
+    lg.attrs["config"] = store.jsonable(config)  # on this handle: later writes through it keep the config
     for k in DAMAGE_VARS:
         store.new_array(lg, k, (n_units,), ["unit"], "float64")[:] = np.nan
     store.new_array(lg, "layer_done", (len(names),), ["layer"], "bool", chunks=(1,))
@@ -306,7 +306,7 @@ def _finish(grp, m, config, chans, base_loss, base_acc, einfo, n_bins, replace):
     ds["layer_done"] = ("layer_index", np.ones(len(names), bool))
     ds["run_mode"] = ("layer_index", strings(modes))
     store.write_dataset(grp, store.LESION, ds)
-    grp[store.LESION].attrs["config"] = store.jsonable(config)
+    store.set_stage_config(grp, "lesion", config, node=store.LESION)
     store.write_dataset(grp, f"{store.LESION}/predictors", _predictor_dataset(m, rows, ds, n_bins))
 
 

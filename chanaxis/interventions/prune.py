@@ -118,8 +118,9 @@ class PruneStage(Stage):
     def units(self, run) -> list[Unit]:
         if self.done(run):
             return []
-        pg = store.open_group(run)[store.PRUNING]
-        cfg = pg.attrs["config"]
+        grp = store.open_group(run)
+        pg = grp[store.PRUNING]
+        cfg = store.stage_config(grp, "prune", node=store.PRUNING)
         ft = cfg["finetune_epochs"] > 0
         one_done = np.asarray(pg["oneshot_done"][...], bool)
         ft_done = np.asarray(pg["finetune_done"][...], bool)
@@ -184,7 +185,7 @@ class PruneStage(Stage):
             ds = _assemble(pg, cfg, self._metrics(run, ctx), plan.full_macs, base_loss, base_acc, einfo, plan,
                            self.params.n_resamples, self._taylor(run, ctx))
             store.write_dataset(grp, store.PRUNING, ds)
-            grp[store.PRUNING].attrs["config"] = store.jsonable(cfg)
+            store.set_stage_config(grp, "prune", cfg, node=store.PRUNING)
             store.set_status(grp, self.status_key, "done")
         ctx.forget("prune")
         return str(run)
@@ -278,7 +279,7 @@ def _raw_group(grp, config, n_units):
     if store.PRUNING in grp and "oneshot_done" in grp[store.PRUNING]:
         return grp[store.PRUNING]
     pg = grp.require_group(store.PRUNING)
-    pg.attrs["config"] = store.jsonable(config)
+    pg.attrs["config"] = store.jsonable(config)  # on this handle: later writes through it keep the config
     shape = (len(config["methods"]), len(config["levels"]), len(config["seeds"]))
     dims = ["method", "level", "seed"]
     for k in CELL_VARS:

@@ -119,7 +119,7 @@ class CaptureStage(Stage):
         if store.stage_state(grp, self.name) == "done":
             return []
         n = int(grp[store.samples_array("image")].shape[0])
-        c = int(grp.attrs["config"]["chunk_images"])
+        c = int(store.run_config(grp)["chunk_images"])
         done = np.asarray(grp[store.samples_array("chunk_done")][:], dtype=bool)
         return [Unit(f"chunk/{k}", k, work=min(n, (k + 1) * c) - k * c) for k in range(len(done)) if not done[k]]
 
@@ -143,10 +143,15 @@ class CaptureStage(Stage):
         st.pending = st.writer.submit(_write_chunk, st.arrays, st.samples, st.done_arr, c, lo, hi, st.positions,
                                       result, y.numpy(), margin, correct, logits.numpy())
 
-    def finish(self, run, ctx: Context) -> str:
+    def flush(self, run, ctx: Context) -> None:
         st = ctx.memo(("capture", str(run)), lambda: None)
         if st is not None:
             st.wait()
+
+    def finish(self, run, ctx: Context) -> str:
+        self.flush(run, ctx)
+        st = ctx.memo(("capture", str(run)), lambda: None)
+        if st is not None:
             st.writer.shutdown()
             ctx.forget("capture")
         grp = store.open_group(run, mode="r+")
@@ -181,8 +186,8 @@ def _reopen_damaged(grp, run, ctx: Context) -> None:
     or altered chunk file) to be written again; nothing else is redone."""
     import dask
     import dask.array as da
-    names = list(grp.attrs["config"]["layers"])
-    chunk = int(grp.attrs["config"]["chunk_images"])
+    names = list(store.run_config(grp)["layers"])
+    chunk = int(store.run_config(grp)["chunk_images"])
     want = {l: integrity.recorded(grp, store.layer_node(l)) for l in names}
     if any(w is None for w in want.values()):
         return  # written before checksums were recorded
@@ -240,8 +245,8 @@ class _State:
         self.handle = _dataset(ctx, self.model, p)
         self.idx = np.asarray(grp[store.samples_array("dataset_index")][...])
         self.n = len(self.idx)
-        self.chunk = int(grp.attrs["config"]["chunk_images"])
-        self.names = list(grp.attrs["config"]["layers"])
+        self.chunk = int(store.run_config(grp)["chunk_images"])
+        self.names = list(store.run_config(grp)["layers"])
         s = {l: int(grp[store.layer_node(l)].attrs["samples_per_image"]) for l in self.names}
         self.positions = {l: np.asarray(grp[store.layer_array(l, "position")][...]).reshape(self.n, s[l])
                           for l in self.names}
@@ -252,7 +257,7 @@ class _State:
         self.samples = {k: grp[store.samples_array(k)] for k in ("label", "margin", "correct", "logits")}
         self.samples["crc"] = grp[store.samples_array(integrity.CRC)]
         self.done_arr = grp[store.samples_array("chunk_done")]
-        self.np_dtype = np.float16 if grp.attrs["config"]["dtype"] == "float16" else np.float32
+        self.np_dtype = np.float16 if store.run_config(grp)["dtype"] == "float16" else np.float32
         self.writer = ThreadPoolExecutor(max_workers=1)
         self.pending = None
 
@@ -298,27 +303,27 @@ def _create_arrays(grp, model, names, positions, idx, n_chunks, chunk_images, dt
     n = len(idx)
     graph = model.graph
     arrays = [
-        dict(name="samples/image", shape=(n,), dims=["image"], dtype="int32", data=np.arange(n, dtype=np.int32),
+        dict(name=store.samples_array("image"), shape=(n,), dims=["image"], dtype="int32", data=np.arange(n, dtype=np.int32),
              attrs={"units": "1", "long_name": "calibration image number"}),
-        dict(name="samples/dataset_index", shape=(n,), dims=["image"], dtype="int64", data=np.asarray(idx),
+        dict(name=store.samples_array("dataset_index"), shape=(n,), dims=["image"], dtype="int64", data=np.asarray(idx),
              attrs={"units": "1", "description": "index into the dataset split"}),
-        dict(name="samples/label", shape=(n,), dims=["image"], dtype="int32", chunks=(chunk_images,),
+        dict(name=store.samples_array("label"), shape=(n,), dims=["image"], dtype="int32", chunks=(chunk_images,),
              attrs={"units": "1", "description": "class index"}),
-        dict(name="samples/margin", shape=(n,), dims=["image"], dtype="float32", chunks=(chunk_images,),
+        dict(name=store.samples_array("margin"), shape=(n,), dims=["image"], dtype="float32", chunks=(chunk_images,),
              attrs={"units": "logit", "description": "T = z[label] - max_{c!=label} z[c]"}),
-        dict(name="samples/correct", shape=(n,), dims=["image"], dtype="bool", chunks=(chunk_images,),
+        dict(name=store.samples_array("correct"), shape=(n,), dims=["image"], dtype="bool", chunks=(chunk_images,),
              attrs={"units": "1", "description": "argmax of the logits is the label"}),
-        dict(name="samples/logits", shape=(n, model.num_classes), dims=["image", "class"], dtype="float32",
+        dict(name=store.samples_array("logits"), shape=(n, model.num_classes), dims=["image", "class"], dtype="float32",
              chunks=(chunk_images, model.num_classes), attrs={"units": "logit"}),
-        dict(name=f"samples/{integrity.CRC}", shape=(n_chunks,), dims=["chunk"], dtype="int64", chunks=(1,),
+        dict(name=store.samples_array(integrity.CRC), shape=(n_chunks,), dims=["chunk"], dtype="int64", chunks=(1,),
              attrs={"units": "1", "description": "CRC-32 of each chunk of margin as written"}),
-        dict(name="samples/chunk_done", shape=(n_chunks,), dims=["chunk"], dtype="bool", chunks=(1,),
+        dict(name=store.samples_array("chunk_done"), shape=(n_chunks,), dims=["chunk"], dtype="bool", chunks=(1,),
              attrs={"units": "1", "description": "the chunk's samples are all written"}),
     ]
     groups = {"samples": {}, "layers": {}}
     for l in names:
         layer = graph[l]
-        node = f"layers/{l}"
+        node = store.layer_node(l)
         s = positions[l].shape[1]
         groups[node] = {"kind": layer.kind, "c_in": layer.c_in, "c_out": layer.c_out, "groups": layer.groups,
                         "out_hw": list(layer.out_hw), "depth": layer.depth, "samples_per_image": s,

@@ -50,7 +50,6 @@ UNITS = {
 def layer_metrics(m: Moments, weight: np.ndarray, only: Iterable[str], p: dict) -> dict[str, np.ndarray]:
     """All per-channel metrics of one layer from its moments and filters."""
     out: dict[str, np.ndarray] = {}
-    c = m.cov_yy.shape[0]
     out["dead"] = m.dead
     rho = m.rho_yy(RHO_MAX)
     if "local" in only:
@@ -136,7 +135,7 @@ class MetricsStage(Stage):
             raise ChanaxisError(f"'{run}' has no finished capture; run `chanaxis capture MODEL --dataset D --out "
                                 f"{run}` first (rerun it to resume)")
         cfg = self.config()
-        prev = grp.attrs.get("metrics_config")
+        prev = store.stage_config(grp, self.name)
         if prev is not None and store.config_diff(prev, cfg):
             if not ctx.inputs.get("overwrite"):
                 raise ChanaxisError(f"the metrics in '{run}' were made with other parameters (differs in: "
@@ -145,7 +144,7 @@ class MetricsStage(Stage):
             for node in (store.METRICS_PARTS, store.METRICS, store.STRUCTURE):
                 if node in grp:
                     del grp[node]  # results of other parameters are never mixed with these
-        grp.attrs["metrics_config"] = cfg
+        store.set_stage_config(grp, self.name, cfg)
         store.set_status(grp, self.name, "running")
 
     def units(self, run) -> list[Unit]:

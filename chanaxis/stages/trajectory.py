@@ -184,7 +184,7 @@ class TrajectoryStage(Stage):
         job.work.mkdir(parents=True, exist_ok=True)
 
     def units(self, run) -> list[Unit]:
-        cfg = store.open_group(run).attrs["config"]
+        cfg = store.run_config(run)
         _, ckpts = find_checkpoints(cfg["source"])
         opts, work = self.options(cfg["dataset"]), work_dir(Path(run))
         return [Unit(f"checkpoint/{c.epoch}", c) for c in ckpts
@@ -296,7 +296,7 @@ def _checkpoint_done(c: Checkpoint, path: Path, opts: dict) -> bool:
     if not path.exists():
         return False
     g = store.open_group(path)
-    if g.attrs.get("status", {}).get(STAGE) != "done":
+    if store.stage_state(g, STAGE) != "done":
         return False
     if g.attrs.get("checkpoint_sha256") != _file_sha256(c.path):
         raise ChanaxisError(f"checkpoint '{c.path}' changed since '{path}' was computed from it; delete "
@@ -328,14 +328,14 @@ api(TrajectoryStage, trajectory)
 def _geometry(path: Path, g, model, n_images: int, bar) -> None:
     """Per-channel grad_cos (METHOD §4) into ``/trajectory_geometry`` (NaN when the model has no gradients)."""
     from ..geometry import geometry_pass
-    layers = [str(x) for x in np.asarray(g["graph/layer"][...])]
+    layers = [str(x) for x in np.asarray(g[f"{store.GRAPH}/layer"][...])]
     res = geometry_pass(path, g, layers, {"geometry_images": n_images}, model, bar)
-    n_units = sum(int(g[f"layers/{l}"].attrs["c_out"]) for l in layers)
+    n_units = sum(int(g[store.layer_node(l)].attrs["c_out"]) for l in layers)
     values = np.full(n_units, np.nan) if res is None else np.concatenate([np.asarray(res[l], np.float64)
                                                                          for l in layers])
     ds = xr.Dataset({"grad_cos": ("unit", values)})
     ds["grad_cos"].attrs = {"units": "|cos|", "estimator": "|cos(Sigma_X w, g_T)|, Gaussian linear analysis",
-                            "images": int(min(n_images, g["samples/dataset_index"].shape[0])),
+                            "images": int(min(n_images, g[store.samples_array("dataset_index")].shape[0])),
                             "computed": res is not None}
     ds.attrs["images_asked"] = int(n_images)
     store.write_dataset(g, "trajectory_geometry", ds)
@@ -469,8 +469,8 @@ def _accuracies(tr: xr.Dataset, stores: dict[int, Path], epochs: list[int], mani
     acc, margin = [], []
     for e in epochs:
         g = store.open_group(stores[e])
-        acc.append(100.0 * float(np.mean(np.asarray(g["samples/correct"][...]))))
-        margin.append(float(np.mean(np.asarray(g["samples/margin"][...], np.float64))))
+        acc.append(100.0 * float(np.mean(np.asarray(g[store.samples_array("correct")][...]))))
+        margin.append(float(np.mean(np.asarray(g[store.samples_array("margin")][...], np.float64))))
     tr["calibration_acc"] = ("checkpoint", acc, {"units": "%", "description": "accuracy on the calibration images"})
     tr["calibration_margin"] = ("checkpoint", margin, {"units": "logit",
                                                        "description": "mean logit margin T on the calibration images"})
