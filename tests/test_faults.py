@@ -272,3 +272,30 @@ def test_imagefolder_by_path_is_found_from_any_directory(project, monkeypatch):
     shutil.move(str(project / "data"), str(project / "moved"))
     with pytest.raises(ChanaxisError, match="not there any more"):
         dataset_from_store(project / "imgs.zarr")
+
+
+def test_one_class_target_is_undefined_and_local_correlations_exact(project):
+    """A one-output model on a one-class folder: the margin T has no other class, so every target metric is NaN
+    and said to be; the local metrics and the Spearman ρ among them are what they are on their own (they were
+    stored as 0 when rows with any NaN metric were dropped together)."""
+    from PIL import Image
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(0)
+    (project / "one" / "only").mkdir(parents=True)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(project / "one" / "only" / f"{i}.png")
+    model = chanaxis.load_model("test_resnet", num_classes=1, image_size=32, init_seed=0)
+    run = chanaxis.capture(model, "one", "one.zarr", n_calibration=24, chunk_images=12, progress=False)
+    chanaxis.metrics(run, model=model, progress=False, n_null=1, n_perm=10, n_triplets=50, geometry_images=8)
+    tree = chanaxis.open_run(run)
+    m = tree["metrics"].to_dataset().compute()
+    assert np.isnan(m["task_info"].values).all() and m.attrs["target"].startswith("undefined")
+    assert np.isfinite(m["input_capture"].values).all()
+    s = tree["structure"].to_dataset().compute()
+    layer = str(s.layer.values[-1])
+    sel = m.layer.values == layer
+    want = spearmanr(m["input_capture"].values[sel], m["peer_overlap"].values[sel]).statistic
+    got = float(s["spearman"].sel(layer=layer, metric="input_capture", metric2="peer_overlap"))
+    assert got == pytest.approx(want, abs=1e-6) and abs(got) > 0
+    assert np.isnan(s["ari"].values).all() and np.isnan(s["q_s"].values).all()
+    assert np.isfinite(s["q_r"].values).all()

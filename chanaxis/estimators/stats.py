@@ -65,6 +65,12 @@ class Moments:
         return np.maximum(np.diag(self.cov_yy), 0.0)
 
     @property
+    def target_defined(self) -> bool:
+        """Whether T varies over the samples: the target metrics are undefined where it does not (a one-output
+        model, or a margin that is constant)."""
+        return bool(np.isfinite(self.var_t) and self.var_t > VAR_FLOOR)
+
+    @property
     def dead(self) -> np.ndarray:
         return self.var_y <= VAR_FLOOR
 

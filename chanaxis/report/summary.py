@@ -57,7 +57,8 @@ def alignment(s) -> dict:
 
 def groupings(s) -> dict:
     ari, null, p = s["ari"].values, s["ari_null_mean"].values, s["ari_p"].values
-    return {"ari_mean": _f(np.nanmean(ari)), "ari_null_mean": _f(np.nanmean(null)),
+    mean = (lambda v: _f(np.nanmean(v)) if np.isfinite(v).any() else None)  # all undefined: None, never a warning
+    return {"ari_mean": mean(ari), "ari_null_mean": mean(null),
             "layers_above_null_p05": int(np.sum(p < 0.05)), "layers": int(len(ari))}
 
 
@@ -82,6 +83,8 @@ def summarize(path: str | Path) -> dict:
     if "graph" in tree.children:
         out["total_macs"] = int(tree["graph"].attrs["total_macs"])
         out["layers"] = int(tree["graph"].sizes["layer"])
+    if "metrics" in tree.children:
+        out["target"] = tree["metrics"].attrs.get("target", "")
     if "structure" in tree.children:
         s = tree["structure"].to_dataset().compute()
         out["alignment"] = alignment(s)

@@ -25,6 +25,8 @@ def render(summary: dict, console: Console | None = None) -> None:
     c.print(", ".join(line))
     if "preset" in summary:
         c.print("preset: " + ", ".join(f"{k}={v}" for k, v in summary["preset"].items()))
+    if str(summary.get("target", "")).startswith("undefined"):
+        c.print(f"[yellow]The target axis is {summary['target']}: every comparison with it below is undefined (—).")
 
     if "alignment" in summary:
         a = summary["alignment"]

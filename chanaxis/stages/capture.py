@@ -24,8 +24,11 @@ from ..sampling import reducer, spatial_positions
 from ..stage import Context, Stage, Unit, api, run_stage
 
 def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """T = z[label] − max_{c≠label} z[c] (METHOD §1)."""
+    """T = z[label] − max_{c≠label} z[c] (METHOD §1); NaN for a one-output model, where no other class exists and
+    T (and every target metric) is undefined."""
     z = logits.float()
+    if z.shape[1] < 2:
+        return torch.full((z.shape[0],), float("nan"))
     own = z.gather(1, labels[:, None])[:, 0]
     other = z.scatter(1, labels[:, None], float("-inf")).max(1).values
     return own - other

@@ -7,6 +7,7 @@ first unfinished layer; `/metrics` is assembled from the parts at the end.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -66,7 +67,11 @@ def layer_metrics(m: Moments, weight: np.ndarray, only: Iterable[str], p: dict) 
                    hull_members=_pad(hulls.members, p["hull_max"]))
         out["top8_peers"] = _pad(ranks.top_by_abs(rho, 8), 8)
         out["_sigma0_sq"] = np.asarray(sigma0)
-    if "target" in only:
+    if "target" in only and not m.target_defined:
+        undefined = np.full(m.cov_yy.shape[0], np.nan)  # said, not guessed: no target variance, no target metric
+        out.update(task_info=undefined, redundancy_t=undefined.copy(), synergy=undefined.copy(),
+                   unique_t=undefined.copy())
+    elif "target" in only:
         tp = target.target_pairs(m, n_candidates=p["n_candidates"], n_top_syn=p["n_top_syn"])
         out.update(task_info=tp.task_info, redundancy_t=tp.redundancy_t, synergy=tp.synergy, unique_t=tp.unique_t)
         out["_tp"] = tp
@@ -185,8 +190,12 @@ class MetricsStage(Stage):
                                                     else np.nan for l in layers],
                                           {"units": "|cos|", "description": "layer mean of grad_cos"})
         params = {k: v for k, v in p.items() if k != "only"}
-        ds.attrs.update({"parameters": params, "rho_max": RHO_MAX, "var_floor": 1e-12,
-                         "target": "logit margin, match mode", "geometry": why})
+        target_note = "logit margin, match mode"
+        if "task_info" in ds and not np.isfinite(ds["task_info"].values).any():
+            target_note = ("undefined: the logit margin T does not vary over the calibration images (a one-output "
+                           "model or a constant margin), so every target metric is NaN; local metrics are exact")
+        ds.attrs.update({"parameters": params, "rho_max": RHO_MAX, "var_floor": 1e-12, "target": target_note,
+                         "geometry": why})
         store.write_dataset(grp, store.METRICS, ds)
         if "structure" in only:
             sds = xr.Dataset(struct, coords={"layer": layers, "metric": list(ALIGN_LOCAL + ALIGN_TARGET),
@@ -304,12 +313,14 @@ def _structure(parts, grp, layers, ds, p, bar) -> dict:
         k = min(p["k_clusters"], c)
         a = structure.kmeans_groups(structure.local_features(table["input_capture"], table["peer_overlap"]), k,
                                     p["n_init"], p["seed"])
+        target_ok = "candidates" in part  # the layer's target metrics are defined (T varies)
         b = structure.kmeans_groups(structure.target_features(table["task_info"], table["synergy"]), k,
-                                    p["n_init"], p["seed"])
+                                    p["n_init"], p["seed"]) if target_ok else np.full(c, -1)
         cl_local.append(a)
         cl_target.append(b)
-        r = structure.ari_with_null(a, b, n_perm=p["n_perm"], seed=p["seed"])
-        out["ari"][li], out["ari_null_mean"][li], out["ari_null_sd"][li], out["ari_p"][li] = r
+        if target_ok:
+            r = structure.ari_with_null(a, b, n_perm=p["n_perm"], seed=p["seed"])
+            out["ari"][li], out["ari_null_mean"][li], out["ari_null_sd"][li], out["ari_p"][li] = r
         m = moments.from_dataset(part)
         # modularity on at most modularity_max_channels channels (chosen: greedy modularity is super-linear, a
         # 3072-channel graph keeps 470k edges, ~7 s per graph and per null in igraph); the subset is seeded and recorded
@@ -318,15 +329,16 @@ def _structure(parts, grp, layers, ds, p, bar) -> dict:
             keep = np.sort(np.random.default_rng(p["seed"]).choice(c, p["modularity_max_channels"], replace=False))
         out["modularity_channels"][li] = len(keep)
         R = structure_pairwise_mi(m)[np.ix_(keep, keep)]
-        S = _syn_matrix(part, c)[np.ix_(keep, keep)]
         if len(keep) >= 4:
             kw = dict(keep_frac=p["keep_frac"], seed=p["seed"], n_null=p["n_null"], backend=p["modularity_backend"])
             qr = structure.modularity(R, **kw)
-            qs = structure.modularity(np.abs(S), **kw)
             out["q_r"][li], out["q_r_null_mean"][li], out["q_r_null_sd"][li] = qr[:3]
-            out["q_s"][li], out["q_s_null_mean"][li], out["q_s_null_sd"][li] = qs[:3]
-            out["s3_s2"][li] = structure.triplet_s3_s2(m, part["syn_partners"].values, n_triplets=p["n_triplets"],
-                                                       seed=p["seed"]).s3_s2
+            if target_ok:  # synergy graphs and triplets need the target; NaN (undefined) otherwise, never 0
+                S = _syn_matrix(part, c)[np.ix_(keep, keep)]
+                qs = structure.modularity(np.abs(S), **kw)
+                out["q_s"][li], out["q_s_null_mean"][li], out["q_s_null_sd"][li] = qs[:3]
+                out["s3_s2"][li] = structure.triplet_s3_s2(m, part["syn_partners"].values,
+                                                           n_triplets=p["n_triplets"], seed=p["seed"]).s3_s2
         bar.update(task, advance=1)
     mean, sd = structure.layer_mean_sd(sp)
     pooled = structure.pooled_rank_spearman(tables)
@@ -399,7 +411,9 @@ def _propagation(grp, layers, ds):
         down = {k: ds[k].values[by_layer[d]] for k in ("input_capture", "task_info")}
         pr = structure.propagation(up, down, A)
         rhos.append([pr.rho[pr.names_up.index(u), pr.names_down.index(v)] for u, v in pairs])
-    rho = np.nanmean(np.asarray(rhos), axis=0) if rhos else np.full(4, np.nan)
+    with warnings.catch_warnings():  # an undefined axis leaves all-NaN columns: their mean is NaN, said as such
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rho = np.nanmean(np.asarray(rhos), axis=0) if rhos else np.full(4, np.nan)
     return labels, rho, len(rhos)
 
 
