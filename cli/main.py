@@ -58,7 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
     for mod in COMMAND_MODULES:
         importlib.import_module(f"chanaxis.cli.{mod}").register(sub)
+    for command in sub.choices.values():  # every command that takes a dataset can fetch it
+        if "--dataset" in command._option_string_actions:
+            command.add_argument("--download", action="store_true",
+                                 help="fetch the dataset first when it is not found (cifar10, cifar100, fashion-mnist: "
+                                      "into --data-root, else $CHANAXIS_DATA/NAME or ~/.cache/chanaxis/NAME)")
     return p
+
+
+def fetch_dataset(a) -> None:
+    """--download: make the dataset present before the command runs, where every later stage looks for it."""
+    if getattr(a, "download", False) and getattr(a, "dataset", None):
+        from chanaxis.data import get_card, load_dataset
+        card = get_card(a.dataset)
+        load_dataset(a.dataset, split=card.splits[0], root=getattr(a, "data_root", None), download=True)
 
 
 COMMAND_MODULES: list[str] = ["capture_cmd", "metrics_cmd", "train_cmd", "trajectory_cmd", "lesion_cmd", "prune_cmd",
@@ -85,6 +98,7 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            fetch_dataset(args)
             args.func(args)
     except ChanaxisError as e:
         from chanaxis.cli.common import err
