@@ -299,3 +299,21 @@ def test_one_class_target_is_undefined_and_local_correlations_exact(project):
     assert got == pytest.approx(want, abs=1e-6) and abs(got) > 0
     assert np.isnan(s["ari"].values).all() and np.isnan(s["q_s"].values).all()
     assert np.isfinite(s["q_r"].values).all()
+
+
+def test_report_reads_only_and_skips_unwritable_outputs(project, capsys, monkeypatch):
+    """report takes no lock and writes nothing into the store; where its output folder cannot be written (a
+    read-only mount: as root here, simulated) it says so and still prints the report."""
+    import chanaxis.report as rep
+    before = {p: p.stat().st_mtime_ns for p in (project / "run.zarr").rglob("*")}
+    real = rep.writable
+    monkeypatch.setattr(rep, "writable", lambda folder: False)
+    rc = main(["report", "run.zarr"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert not (project / "run_summary.json").exists() and not (project / "run_figures").exists()
+    assert {p: p.stat().st_mtime_ns for p in (project / "run.zarr").rglob("*")} == before
+    assert "is not writable" in out
+    monkeypatch.setattr(rep, "writable", real)
+    assert main(["report", "run.zarr", "--out-dir", str(project / "elsewhere"), "--no-figures"]) == 0
+    assert (project / "elsewhere" / "run_summary.json").is_file()

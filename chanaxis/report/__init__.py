@@ -48,7 +48,7 @@ class ReportStage(Stage):
         render(summary, ctx.console)
         run = Path(run)
         where = Path(self.params.out_dir) if self.params.out_dir else run.parent
-        if not _writable(where):
+        if not writable(where):
             say = ctx.console.print if ctx.console is not None else print
             say(f"note: '{where}' is not writable: no figures or JSON summary written (pass --out-dir DIR)")
         else:
@@ -67,7 +67,7 @@ class ReportStage(Stage):
         return False
 
 
-def _writable(folder: Path) -> bool:
+def writable(folder: Path) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
