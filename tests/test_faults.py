@@ -317,3 +317,19 @@ def test_report_reads_only_and_skips_unwritable_outputs(project, capsys, monkeyp
     monkeypatch.setattr(rep, "writable", real)
     assert main(["report", "run.zarr", "--out-dir", str(project / "elsewhere"), "--no-figures"]) == 0
     assert (project / "elsewhere" / "run_summary.json").is_file()
+
+
+def test_capture_refuses_up_front_when_the_disk_lacks_the_space(project, monkeypatch):
+    import collections
+    import chanaxis.stages.capture as cap
+    from chanaxis.stages.capture import store_bytes
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(cap.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
+    model = chanaxis.load_model("test_resnet", num_classes=10, image_size=32, init_seed=0)
+    with pytest.raises(ChanaxisError, match=r"needs about [\d.]+ GB and .* has 0.00 GB free"):
+        chanaxis.capture(model, "synthetic", "big.zarr", n_calibration=64, progress=False)
+    assert not (project / "big.zarr").exists()
+    layers = {l.name: (min(16, l.out_hw[0] * l.out_hw[1]), l.c_out) for l in model.graph.layers}
+    written = sum(p.stat().st_size for p in (project / "run.zarr").rglob("*") if p.is_file() and "/c/" in str(p)
+                  and ("local" in str(p) or "gap" in str(p)))
+    assert written <= store_bytes(32, layers, "float32", 10)  # the estimate bounds what a capture writes

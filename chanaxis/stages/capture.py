@@ -103,6 +103,9 @@ class CaptureStage(Stage):
             "chunk_images": p.chunk_images, "layers": names, "target_mode": "match",
             **(ctx.inputs.get("extra_config") or {}),
         }
+        if not Path(run).exists():  # refused before anything is written when the disk clearly lacks the space
+            _check_space(run, len(idx), {l: (min(p.spatial_samples, int(np.prod(graph[l].out_hw))), graph[l].c_out)
+                                         for l in names}, p.dtype, model.num_classes)
         grp = store.create_or_resume(run, config, overwrite=bool(ctx.inputs.get("overwrite")))
         if store.stage_state(grp, self.name) == "done":
             _reopen_damaged(grp, run, ctx)
@@ -111,8 +114,6 @@ class CaptureStage(Stage):
             return
         positions = {l: spatial_positions(len(idx), int(np.prod(graph[l].out_hw)), p.spatial_samples, p.seed,
                                           graph[l].depth) for l in names}
-        _check_space(run, len(idx), {l: (positions[l].shape[1], graph[l].c_out) for l in names}, p.dtype,
-                     model.num_classes)
         _create_arrays(grp, model, names, positions, idx, -(-len(idx) // p.chunk_images), p.chunk_images, p.dtype,
                        config)
         store.set_status(grp, self.name, "running")  # only now: a capture killed while making arrays remakes them
