@@ -36,9 +36,7 @@ def compute(run, layer: str, scheduler=None) -> Moments:
     (sy, syy, st, stt, syt), crcs = dask.compute(sums, integrity.block_crcs(raw), **kw)
     chunk = int(store.run_config(grp)["chunk_images"])
     integrity.check(run, f"layer '{layer}'", crcs, integrity.recorded(grp, store.layer_node(layer)), chunk)
-    margin = np.asarray(grp[store.samples_array("margin")][...])
-    integrity.check(run, "the logit margins",
-                    [integrity.crc(margin[i:i + chunk]) for i in range(0, len(margin), chunk)],
+    integrity.check(run, "the logit margins", integrity.margin_crcs(grp, chunk),
                     integrity.recorded(grp, store.SAMPLES), chunk)
     return Moments.from_sums(Y.shape[0], sy, syy, st, stt, syt)
 
@@ -61,6 +59,5 @@ def load(run, layer: str) -> Moments:
     grp = store.open_group(run)
     node = store.metrics_part(layer)
     if node in grp and grp[node].attrs.get("done"):
-        part = xr.open_zarr(str(run), group=node, consolidated=False, zarr_format=3, chunks=None)
-        return from_dataset(part.load())
+        return from_dataset(store.read_dataset(run, node))
     return compute(run, layer)

@@ -95,7 +95,7 @@ def _plain(v):
     return v
 
 
-def _base_types(tp) -> tuple[list, bool]:
+def base_types(tp) -> tuple[list, bool]:
     """(the non-None members of a type hint, whether None is allowed)."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = typing.get_args(tp)
@@ -104,7 +104,7 @@ def _base_types(tp) -> tuple[list, bool]:
 
 
 def _coerce(name: str, value, tp, meta):
-    kinds, optional = _base_types(tp)
+    kinds, optional = base_types(tp)
     if value is None:
         if optional:
             return None

@@ -12,6 +12,15 @@ def run_config(path: str | Path) -> dict:
     return store.run_config(path)
 
 
+def model_for_dataset(spec, dataset, image_size: int | None = None, num_classes: int | None = None, **kwargs):
+    """`load_model(spec)` sized for `dataset` (a card name, an ImageFolder path or a loaded handle): its classes
+    and image size unless given. Only an absent value takes the card's: 0 is a value, refused with the minimum."""
+    from .data import get_card
+    card = dataset.card if hasattr(dataset, "card") else get_card(dataset, image_size=image_size or None)
+    return load_model(spec, num_classes=card.num_classes if num_classes is None else num_classes,
+                      image_size=card.image_size if image_size is None else image_size, **kwargs)
+
+
 def model_from_store(path: str | Path, device: str = "cpu", model=None):
     """The model the store was captured with; its weight hash must match the stored one."""
     cfg = run_config(path)

@@ -132,7 +132,7 @@ class WriterLock:
                 if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
                     return self  # this process already holds it (a stage inside a study)
                 if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
-                    self.file.unlink(missing_ok=True)  # left by a process that died: take it over
+                    self._remove(holder)  # left by a process that died: take it over
                     continue
                 raise ChanaxisError(
                     f"'{self.folder}' is being written by process {holder.get('pid')} on "
@@ -149,9 +149,16 @@ class WriterLock:
 
     def release(self) -> None:
         if self.held:
-            if self._holder().get("pid") == os.getpid():
-                self.file.unlink(missing_ok=True)
+            holder = self._holder()
+            if holder.get("pid") == os.getpid():
+                self._remove(holder)
             self.held = False
+
+    def _remove(self, holder: dict) -> None:
+        """Delete the lock file, which this code made: only when it still holds the record `holder` it was read as
+        (a chanaxis lock: pid, host and start time), so nothing else that took its name is ever removed."""
+        if {"pid", "host", "since"} <= set(holder) and self._holder() == holder:
+            self.file.unlink(missing_ok=True)
 
     def _holder(self) -> dict:
         try:

@@ -67,9 +67,6 @@ class Context:
             self._model = self._factory(run)
         return self._model
 
-    def set_model(self, model) -> None:
-        self._model = model
-
     def memo(self, key, fn: Callable[[], Any]):
         """`fn()` computed once per process for `key` (evaluation images, score tables, a training split…)."""
         if key not in self._memo:
@@ -91,10 +88,17 @@ class Stage:
     presets: ClassVar[dict[str, Params]] = {}
     help: ClassVar[str] = ""
     study_path: ClassVar[str] = "run.zarr"            # where the stage reads and writes inside an analyze folder
+    status_key: ClassVar[str] = ""                    # the store's status key, when it is not `name` (see below)
+    node: ClassVar[str | None] = None                 # its node: done only with the status *and* the node there
     writes: ClassVar[bool] = True                     # False: a read-only stage (no lock; works on read-only stores)
     # what the stage promises in the store: node → {variable: (dims, units)}; a "*" in the node stands for every
     # child (e.g. "layers/*"); the conformance suite checks each is there with these dims and a `units` attr
     outputs: ClassVar[dict[str, dict[str, tuple[tuple[str, ...], str]]]] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if not cls.__dict__.get("status_key") and "name" in cls.__dict__:
+            cls.status_key = cls.name
 
     def __init__(self, params: Params | None = None, **kwargs):
         if params is not None and not isinstance(params, self.Params):
@@ -127,7 +131,8 @@ class Stage:
 
     def done(self, run) -> bool:
         from . import store
-        return Path(str(run)).exists() and store.stage_state(run, self.name) == "done"
+        return (Path(str(run)).exists() and store.stage_state(run, self.status_key) == "done"
+                and (self.node is None or self.node in store.open_group(run)))
 
     def check_capabilities(self, model) -> None:
         for cap in self.requires:

@@ -72,17 +72,24 @@ def config_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def check_node_config(grp: zarr.Group, node: str, config: dict, overwrite: bool, command: str) -> None:
-    """A stage node written with other parameters is refused (or replaced with `overwrite`), never mixed."""
-    if node not in grp:
+def check_stage_config(grp: zarr.Group, stage: str, config: dict, overwrite: bool, command: str,
+                       node: str | None = None, clear: tuple[str, ...] = ()) -> None:
+    """Results made with other parameters are refused, or with `overwrite` removed — the stage's nodes (`node` and
+    `clear`) and its status together, so a rerun starts the stage afresh — and never mixed with new ones. The
+    old parameters are what `stage_config(grp, stage, node)` holds."""
+    old = stage_config(grp, stage, node)
+    if old is None or not config_diff(old, config):
         return
-    old = grp[node].attrs.get("config")
-    if old is not None and config_diff(old, config):
-        if not overwrite:
-            raise ChanaxisError(f"'{node}' in the store was made with other parameters (differs in: "
-                                f"{', '.join(config_diff(old, config))}); rerun with the same options or pass "
-                                f"--overwrite to redo `chanaxis {command}`")
-        del grp[node]
+    if not overwrite:
+        raise ChanaxisError(f"the {stage} results in the store were made with other parameters (differs in: "
+                            f"{', '.join(config_diff(old, config))}); rerun with the same options or pass "
+                            f"--overwrite to redo `chanaxis {command}`")
+    for n in ((node,) if node else ()) + tuple(clear):
+        if n in grp:
+            del grp[n]
+    status = dict(grp.attrs.get("status", {}))
+    status.pop(stage, None)
+    grp.attrs["status"] = status
 
 
 def run_config(run) -> dict:
@@ -145,6 +152,11 @@ def open_run(path: str | Path) -> xr.DataTree:
         if ds.coords:
             node.dataset = ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
     return tree
+
+
+def read_dataset(run, node: str) -> xr.Dataset:
+    """One small node of the store, read whole into memory (the counterpart of `write_dataset`)."""
+    return xr.open_zarr(str(run), group=node, consolidated=False, zarr_format=3, chunks=None).load()
 
 
 def write_dataset(root: zarr.Group, node: str, ds: xr.Dataset) -> None:

@@ -140,10 +140,9 @@ class Study:
         return get_card(self.dataset)
 
     def load_model(self, checkpoint=None, init_seed: int = 0):
-        from .registry import load_model
-        card = self.card()
-        return load_model(self.model_spec, num_classes=card.num_classes, image_size=card.image_size,
-                          checkpoint=checkpoint, init_seed=init_seed, device=self.device)
+        from .reload import model_for_dataset
+        return model_for_dataset(self.model_spec, self.dataset, checkpoint=checkpoint, init_seed=init_seed,
+                                 device=self.device)
 
     def _model(self, run):
         """The study's trained model, built once for every stage after training; checked against the store."""

@@ -46,11 +46,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def open_model(a):
     """The model named on the command line, sized for its dataset, on the asked device."""
-    import chanaxis
-    from chanaxis.data import get_card
-    card = get_card(a.dataset, image_size=a.image_size or None)
-    # only an absent option takes the card's value: 0 is a value, and load_model refuses it with the minimum
-    size = card.image_size if a.image_size is None else a.image_size
-    n_cls = card.num_classes if a.num_classes is None else a.num_classes
-    return chanaxis.load_model(a.model, num_classes=n_cls, image_size=size, pretrained=a.pretrained,
-                               checkpoint=a.checkpoint, device=device(a.device))
+    from chanaxis.reload import model_for_dataset
+    return model_for_dataset(a.model, a.dataset, image_size=a.image_size, num_classes=a.num_classes,
+                             pretrained=a.pretrained, checkpoint=a.checkpoint, device=device(a.device))

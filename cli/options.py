@@ -8,15 +8,9 @@ from __future__ import annotations
 import argparse
 import typing
 
-from chanaxis.params import Params, flag
+from chanaxis.params import Params, base_types, flag
 
 NOT_GIVEN = None
-
-
-def _kind(tp):
-    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (typing.Union,) or \
-        type(tp).__name__ == "UnionType" else [tp]
-    return args[0], type(None) in typing.get_args(tp)
 
 
 def add_params(parser: argparse.ArgumentParser, params_cls: type[Params], defaults: Params | None = None,
@@ -27,7 +21,8 @@ def add_params(parser: argparse.ArgumentParser, params_cls: type[Params], defaul
     for d in params_cls.describe():
         if not d["cli"] or d["name"] in skip:
             continue
-        kind, optional = _kind(d["type"])
+        kinds, optional = base_types(d["type"])
+        kind = kinds[0]
         default = getattr(shown, d["name"])
         unit = f" [{d['unit']}]" if d["unit"] and d["unit"] != "1" else ""
         choices = f"; one of: {', '.join(map(str, d['choices']))}" if d["choices"] else ""
@@ -55,8 +50,7 @@ def given(args: argparse.Namespace, params_cls: type[Params]) -> dict:
             continue
         if isinstance(v, list):
             v = ",".join(v)
-        kind, optional = _kind(d["type"])
-        if optional and isinstance(v, str) and v.lower() == "none":
+        if base_types(d["type"])[1] and isinstance(v, str) and v.lower() == "none":
             v = None
         out[d["name"]] = v
     return out

@@ -114,14 +114,9 @@ def test_wheel_install(tmp_path):
     """pip install --target (a wheel built from the tree), imported from elsewhere: the wheel's own subpackages."""
     src = copy_source(tmp_path / "src")
     target = tmp_path / "site"
-    try:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--no-compile", "--target", str(target), str(src)], env=env(), capture_output=True,
-                       check=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        pytest.skip("building and installing the wheel takes over 20 s here")
-    except subprocess.CalledProcessError as e:
-        pytest.skip(f"cannot build the wheel here: {e.stderr.decode()[-300:]}")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--no-compile", "--target", str(target), str(src)], env=env(), capture_output=True, timeout=300)
+    assert r.returncode == 0, f"building the wheel failed: {r.stderr.decode()[-1000:]}"
     script = (f"import sys; sys.path.insert(0, {str(target)!r}); {LOAD}; import chanaxis.layout as L; "
               "print(chanaxis.__file__, sys.modules['chanaxis.adapters'].__file__, L.extend_path())")
     out = run(["-c", script], cwd=tmp_path).split("\n")

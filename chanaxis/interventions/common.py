@@ -18,7 +18,7 @@ def require_metrics(run, grp) -> None:
 
 def metrics_table(run) -> xr.Dataset:
     """/metrics in memory (one row per channel)."""
-    return xr.open_zarr(str(run), group=store.METRICS, consolidated=False, zarr_format=3, chunks=None).load()
+    return store.read_dataset(run, store.METRICS)
 
 
 def metrics_layers(grp) -> np.ndarray:

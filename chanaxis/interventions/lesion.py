@@ -78,6 +78,7 @@ class LesionStage(Stage):
     name = "lesion"
     needs = ("metrics",)
     Params = LesionParams
+    node = store.LESION
     presets = {"quick": LesionParams(fraction=0.2, eval_images=400),
                "paper": LesionParams(fraction=0.2, eval_images=None)}
     help = ("silence channels one at a time, replace them from their peers, and test which metric predicts the "
@@ -89,15 +90,12 @@ class LesionStage(Stage):
                 "eval_images": p.eval_images, "replace": p.replace, "ridge_lam": ridge_lambda(grp),
                 "n_bins": p.n_bins, "peer_support": list(PEER_SUPPORT), "recovery_min_damage": RECOVERY_MIN_DAMAGE}
 
-    def done(self, run) -> bool:
-        # --overwrite deletes the node but not the status: only a status with its node counts
-        return super().done(run) and store.LESION in store.open_group(run)
-
     def prepare(self, run, ctx: Context) -> None:
         grp = store.open_group(run, mode="r+")
         require_metrics(run, grp)
         config = self.config(grp)
-        store.check_node_config(grp, store.LESION, config, bool(ctx.inputs.get("overwrite")), f"lesion {run}")
+        store.check_stage_config(grp, self.name, config, bool(ctx.inputs.get("overwrite")), f"lesion {run}",
+                                 node=store.LESION)
         if self.done(run):
             return
         m = self._metrics(run, ctx)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,7 +75,7 @@ class PruneStage(Stage):
                              eval_images=None, n_resamples=10_000),
     }
     help = "prune at matched MACs with each score and compare the curves (METHOD §7)"
-    status_key = store.PRUNING  # the store's node and status key predate the stage's name
+    status_key = node = store.PRUNING  # the store's node and status key predate the stage's name
 
     def config(self, model) -> dict:
         p = self.params
@@ -85,11 +84,6 @@ class PruneStage(Stage):
                 "finetune_epochs": p.finetune_epochs, "finetune_batches": p.finetune_batches, "lr": p.lr,
                 "optimizer": "adam", "eval_images": p.eval_images, "taylor_images": p.taylor_images,
                 "batch_size": p.batch_size, "n_resamples": p.n_resamples}
-
-    def done(self, run) -> bool:
-        # --overwrite deletes the node but not the status: only a status with its node counts
-        return (Path(str(run)).exists() and store.stage_state(run, self.status_key) == "done"
-                and store.PRUNING in store.open_group(run))
 
     def prepare(self, run, ctx: Context) -> None:
         p = self.params
@@ -102,7 +96,8 @@ class PruneStage(Stage):
                                              "--methods without taylor and another --allocation")
         if p.finetune_epochs > 0:
             require(model, "gradients", what="fine-tuning; pass --finetune-epochs 0 for one-shot pruning only")
-        store.check_node_config(grp, store.PRUNING, config, bool(ctx.inputs.get("overwrite")), f"prune {run}")
+        store.check_stage_config(grp, self.status_key, config, bool(ctx.inputs.get("overwrite")), f"prune {run}",
+                                 node=store.PRUNING)
         if self.done(run):
             return
         layer_of = metrics_layers(grp)

@@ -188,28 +188,16 @@ def _check_space(run, n_images, layers, dtype, n_classes) -> None:
 def _reopen_damaged(grp, run, ctx: Context) -> None:
     """A finished capture run again: verify every chunk against its checksum and mark the damaged ones (a deleted
     or altered chunk file) to be written again; nothing else is redone."""
-    import dask
-    import dask.array as da
-    names = list(store.run_config(grp)["layers"])
-    chunk = int(store.run_config(grp)["chunk_images"])
-    want = {l: integrity.recorded(grp, store.layer_node(l)) for l in names}
-    if any(w is None for w in want.values()):
-        return  # written before checksums were recorded
-    got = dask.compute(*[integrity.block_crcs(da.from_zarr(grp[store.layer_array(l, "local")])) for l in names])
-    margin = np.asarray(grp[store.samples_array("margin")][...])
-    bad = set(np.flatnonzero(np.asarray([integrity.crc(margin[i:i + chunk]) for i in range(0, len(margin), chunk)])
-                             != integrity.recorded(grp, store.SAMPLES)).tolist())
-    for l, g in zip(names, got):
-        bad |= set(np.flatnonzero(np.asarray(g) != want[l]).tolist())
+    cfg = store.run_config(grp)
+    bad = integrity.damaged(grp, list(cfg["layers"]), int(cfg["chunk_images"]))
     if bad:
         done = grp[store.samples_array("chunk_done")]
         for k in sorted(bad):
             done[k] = False
         store.set_status(grp, "capture", "running")
-        if ctx.console is not None or ctx.progress:
-            (ctx.console.print if ctx.console is not None else print)(
-                f"capture: {len(bad)} damaged chunk(s) in '{run}' ({', '.join(map(str, sorted(bad)[:8]))}); "
-                "writing them again")
+        (ctx.console.print if ctx.console is not None else print)(
+            f"capture: {len(bad)} damaged chunk(s) in '{run}' ({', '.join(map(str, sorted(bad)[:8]))}); "
+            "writing them again")
 
 
 def _check_finite(result: dict, logits: torch.Tensor, st, lo: int, hi: int) -> None:
@@ -218,8 +206,10 @@ def _check_finite(result: dict, logits: torch.Tensor, st, lo: int, hi: int) -> N
     where = f"calibration images {lo}–{hi - 1}"
     for name in st.names:
         local, gap = result[name]
-        if not (np.isfinite(local).all() and np.isfinite(gap).all()):
-            if np.isfinite(gap).all() and st.np_dtype == np.float16:
+        # one float64 sum per array (no boolean temporaries on the hot path): finite exactly when every value is
+        finite_gap = np.isfinite(gap.sum(dtype=np.float64))
+        if not (finite_gap and np.isfinite(local.sum(dtype=np.float64))):
+            if finite_gap and st.np_dtype == np.float16:
                 raise ChanaxisError(f"layer '{name}' has activations beyond float16's range (±65504) on {where}; "
                                     "capture with --dtype float32")
             raise ChanaxisError(f"layer '{name}' outputs NaN or infinite values on {where}: the model's weights or "
@@ -277,10 +267,8 @@ def capture(model, dataset, out, *, overwrite: bool = False, progress: bool = Tr
     run store at `out`; resumable; returns the store's path."""
     stage = CaptureStage(**params)
     if not hasattr(model, "graph"):  # a name, as on the command line: sized for the dataset's card
-        from ..data import get_card
-        from ..registry import load_model
-        card = get_card(dataset.card.name if hasattr(dataset, "card") else dataset)
-        model = load_model(model, num_classes=card.num_classes, image_size=card.image_size, device=device)
+        from ..reload import model_for_dataset
+        model = model_for_dataset(model, dataset, device=device)
     ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, data_root=data_root,
                   dataset=dataset, overwrite=overwrite, extra_config=extra_config)
     return run_stage(stage, out, ctx)

@@ -140,15 +140,8 @@ class MetricsStage(Stage):
             raise ChanaxisError(f"'{run}' has no finished capture; run `chanaxis capture MODEL --dataset D --out "
                                 f"{run}` first (rerun it to resume)")
         cfg = self.config()
-        prev = store.stage_config(grp, self.name)
-        if prev is not None and store.config_diff(prev, cfg):
-            if not ctx.inputs.get("overwrite"):
-                raise ChanaxisError(f"the metrics in '{run}' were made with other parameters (differs in: "
-                                    f"{', '.join(store.config_diff(prev, cfg))}); rerun with the same options or "
-                                    "pass --overwrite (overwrite=True) to recompute them")
-            for node in (store.METRICS_PARTS, store.METRICS, store.STRUCTURE):
-                if node in grp:
-                    del grp[node]  # results of other parameters are never mixed with these
+        store.check_stage_config(grp, self.name, cfg, bool(ctx.inputs.get("overwrite")), f"metrics {run}",
+                                 clear=(store.METRICS_PARTS, store.METRICS, store.STRUCTURE))
         store.set_stage_config(grp, self.name, cfg)
         store.set_status(grp, self.name, "running")
 
@@ -247,16 +240,15 @@ def _write_part(grp, name, res, m):
     if "_sigma0_sq" in res:
         ds.attrs["sigma0_sq"] = float(res["_sigma0_sq"])
     # moments kept so structure/replacement never recompute them
-    ds["cov_yy"] = (("channel", "channel2"), m.cov_yy)
-    ds["mean_y"] = ("channel", m.mean_y)
-    ds["cov_yt"] = ("channel", m.cov_yt)
-    ds.attrs.update({"n": m.n, "mean_t": m.mean_t, "var_t": m.var_t, "done": True})
+    mom = moments.to_dataset(m)
+    ds = ds.assign(mom.data_vars)
+    ds.attrs.update({**mom.attrs, "done": True})
     store.write_dataset(grp, store.metrics_part(name), ds)
     return ds  # what a resumed run reads back from the part (no round trip through the disk here)
 
 
 def _read_part(run, name) -> xr.Dataset:
-    return xr.open_zarr(str(run), group=store.metrics_part(name), consolidated=False, zarr_format=3).load()
+    return store.read_dataset(run, store.metrics_part(name))
 
 
 def _assemble(grp, layers, results) -> xr.Dataset:

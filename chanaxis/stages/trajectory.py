@@ -344,10 +344,10 @@ def _geometry(path: Path, g, model, n_images: int, bar) -> None:
 # --------------------------------------------------------------------------------------------------------- assembly
 
 def _load_metrics(path: Path, with_geometry: bool) -> xr.Dataset:
-    ds = xr.open_zarr(str(path), group="metrics", consolidated=False, zarr_format=3).load()
+    ds = store.read_dataset(path, store.METRICS)
     g = store.open_group(path)
     if with_geometry and "trajectory_geometry" in g:
-        geo = xr.open_zarr(str(path), group="trajectory_geometry", consolidated=False, zarr_format=3).load()
+        geo = store.read_dataset(path, "trajectory_geometry")
         ds["grad_cos"] = ("unit", geo["grad_cos"].values, dict(geo["grad_cos"].attrs))
     return ds
 
