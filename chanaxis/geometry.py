@@ -86,9 +86,11 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def geometry_pass(run, grp, layers, p, model, bar):
+def geometry_pass(run, grp, layers, p, model, bar, loader_for=None, workers: int | None = None):
     """Per-channel grad_cos for every layer on `model` (the study's, on its device), or None when the model cannot
-    run it (no torch module with gradients)."""
+    run it (no torch module with gradients). `loader_for(dataset)`: the `chanaxis.data.loader.Loader` to read the
+    calibration images through (default: one of `workers` processes made for this pass, closed after it)."""
+    from .data.loader import Loader
     from .reload import dataset_from_store
     if "gradients" not in getattr(model, "capabilities", ()) or not hasattr(model, "module"):
         return None
@@ -120,16 +122,18 @@ def geometry_pass(run, grp, layers, p, model, bar):
         handles.append(mods[l].register_forward_hook(post))
     task = bar.add_task("geometry", total=n)
     bs = 64
+    loader = (loader_for or (lambda ds: Loader(ds, workers=workers, device=model.device)))(handle.dataset)
     try:
         model.module.eval()
         with torch.no_grad():
-            for lo in range(0, n, bs):
+            for lo, (x, _) in zip(range(0, n, bs), loader.batches(idx[:n], bs)):
                 hi = min(n, lo + bs)
-                x = torch.stack([handle.dataset[int(i)][0] for i in idx[lo:hi]]).to(model.device)
                 state.update(lo=lo, hi=hi)
                 model.module(x)
                 bar.update(task, advance=hi - lo)
     finally:
         for h in handles:
             h.remove()
+        if loader_for is None:
+            loader.close()
     return {l: accs[l].grad_cos() for l in layers}

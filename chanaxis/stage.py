@@ -41,14 +41,26 @@ class Unit:
 
 
 class Context:
-    """What every unit of a run shares: the device, the one model build, per-process memos and the progress bar.
+    """What every unit of a run shares: the device, the one model build, the image loaders (`loader`, with
+    `loader_workers` processes each; None: the usable cores), per-process memos and the progress bar.
 
     `model_factory(run)` builds the model a store was made from; `model(run)` calls it once per process and keeps
-    the result, so every stage of a study (and every unit of a stage) uses the same build on the same device."""
+    the result, so every stage of a study (and every unit of a stage) uses the same build on the same device.
+
+    `scheduler` (a dask.distributed address or `distributed.Client`) or `workers` (N ≥ 2: a `LocalCluster` of N
+    single-threaded worker processes made for each stage) runs the stage's units as cluster tasks
+    (`chanaxis.distributed`); with neither (or `workers` ≤ 1) everything runs in this process."""
 
     def __init__(self, device: str = "cpu", progress: bool = True, console=None, model=None,
-                 model_factory: Callable | None = None, data_root: str | None = None, **inputs):
+                 model_factory: Callable | None = None, data_root: str | None = None,
+                 loader_workers: int | None = None, scheduler=None, workers: int | None = None, **inputs):
+        from .data.loader import check_workers
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+            raise ChanaxisError(f"workers must be a whole number of worker processes ≥ 0 (got {workers!r})")
         self.device = device
+        self.scheduler = scheduler
+        self.workers = workers
+        self.loader_workers = check_workers(loader_workers)
         self.progress = progress
         self.console = console
         self.data_root = data_root
@@ -56,6 +68,7 @@ class Context:
         self._model = model
         self._factory = model_factory
         self._memo: dict[Any, Any] = {}
+        self._cluster = None
         self.bar = None
 
     def model(self, run=None):
@@ -72,6 +85,45 @@ class Context:
         if key not in self._memo:
             self._memo[key] = fn()
         return self._memo[key]
+
+    def loader(self, dataset):
+        """The one `chanaxis.data.loader.Loader` of `dataset` in this process: its workers serve every unit of
+        every stage that reads it (started on first use)."""
+        from .data.loader import Loader
+        return self.memo(("loader", id(dataset)), lambda: Loader(dataset, workers=self.loader_workers,
+                                                                 device=self.device))
+
+    @property
+    def held_model(self):
+        """The model given to, or already built by, this context (None: not yet built)."""
+        return self._model
+
+    @property
+    def model_factory(self) -> Callable | None:
+        return self._factory
+
+    def uses_cluster(self) -> bool:
+        return bool(self.scheduler) or (self.workers is not None and self.workers > 1)
+
+    def cluster(self):
+        """The `chanaxis.distributed.Cluster` of this context (made on first use), or None when it runs in-process."""
+        if not self.uses_cluster():
+            return None
+        if self._cluster is None:
+            from .distributed import Cluster
+            self._cluster = Cluster(self.scheduler, self.workers)
+        return self._cluster
+
+    def close_cluster(self) -> None:
+        """Close a cluster this context made (a `Client` given as `scheduler` stays the caller's)."""
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    def reset(self) -> None:
+        """Drop every memo (loaders first, so their processes end); the model stays."""
+        self.forget("loader")
+        self._memo.clear()
 
     def forget(self, prefix: str) -> None:
         for k in [k for k in self._memo if isinstance(k, tuple) and k and k[0] == prefix]:
@@ -91,6 +143,7 @@ class Stage:
     status_key: ClassVar[str] = ""                    # the store's status key, when it is not `name` (see below)
     node: ClassVar[str | None] = None                 # its node: done only with the status *and* the node there
     writes: ClassVar[bool] = True                     # False: a read-only stage (no lock; works on read-only stores)
+    in_process: ClassVar[bool] = False                # True: never sent to a cluster (units run in this process)
     # what the stage promises in the store: node → {variable: (dims, units)}; a "*" in the node stands for every
     # child (e.g. "layers/*"); the conformance suite checks each is there with these dims and a `units` attr
     outputs: ClassVar[dict[str, dict[str, tuple[tuple[str, ...], str]]]] = {}
@@ -142,6 +195,8 @@ class Stage:
 def run_stage(stage: Stage, run, ctx: Context, order: Callable[[list[Unit]], Iterable[Unit]] | None = None):
     """prepare → every unit still to do (in `order`, default as listed) → finish. Returns `finish`'s result.
 
+    When `ctx` names a cluster (`scheduler`/`workers`), the units run as its tasks (`chanaxis.distributed`).
+
     A writing stage holds the store's writer lock (`chanaxis.safety.WriterLock`) throughout, so a second process
     on the same store stops with a clear message instead of interleaving its writes."""
     from .safety import WriterLock
@@ -155,15 +210,25 @@ def run_stage(stage: Stage, run, ctx: Context, order: Callable[[list[Unit]], Ite
         todo = list(stage.units(run))
         if order is not None:
             todo = list(order(todo))
+        # a cluster only where there is something to share out: one unit (train, report) runs here, as does a
+        # stage that says it must (`in_process`: it prints to the console, holds a live object…)
+        cluster = ctx.cluster() if len(todo) > 1 and not stage.in_process else None
         with progress_bar(ctx.progress and bool(todo)) as bar:
             ctx.bar = bar
             task = bar.add_task(stage.name, total=sum(u.work for u in todo) or 1)
-            for u in todo:
-                stage.run_unit(run, u, ctx)
-                bar.update(task, advance=u.work)
+            if cluster is not None:  # each unit a task on the cluster; prepare and finish stay here
+                from .distributed import run_units
+                run_units(stage, run, ctx, todo, cluster, bar, task)
+            else:
+                for u in todo:
+                    stage.run_unit(run, u, ctx)
+                    bar.update(task, advance=u.work)
             ctx.bar = None
         return stage.finish(run, ctx)
     finally:
+        ctx.bar = None
+        ctx.forget("loader")  # the stage's loaders (and their worker processes) end with it
+        ctx.close_cluster()   # a cluster made for the run ends with the stage
         if lock:
             lock.release()
 

@@ -59,7 +59,8 @@ def study_params(preset: str, overrides: dict | None = None, seeds=None) -> dict
 class Study:
     def __init__(self, model: str, dataset: str, out: str | Path, checkpoint=None, preset: str = "quick",
                  seeds=None, device: str = "cpu", data_root=None, pretrained: bool | None = None,
-                 console: Console | None = None, progress: bool = True, overrides: dict | None = None):
+                 console: Console | None = None, progress: bool = True, overrides: dict | None = None,
+                 loader_workers: int | None = None, scheduler=None, workers: int | None = None):
         self.params = study_params(preset, overrides, seeds)
         self.model_spec, self.dataset, self.out = model, dataset, Path(out)
         self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
@@ -71,6 +72,7 @@ class Study:
                          "parameters": {k: v.to_dict() for k, v in self.params.items()}}
         self.run = self.out / "run.zarr"
         self.ctx = Context(device=device, progress=progress, console=self.console, data_root=data_root,
+                           loader_workers=loader_workers, scheduler=scheduler, workers=workers,
                            model_factory=self._model, model_spec=model, dataset=dataset, pretrained=self.pretrained,
                            run_dir=str(self.out / "train"), extra_config={"study": str(self.out)})
 
@@ -157,17 +159,38 @@ class Study:
 
     # -------------------------------------------------------------- estimates
     def estimate(self, todo: list[str]) -> None:
-        """Time one batch forward and forward+backward, extrapolate every stage, print the table."""
+        """Time real batches of the study's dataset through its loader (decode), the forward and a training step,
+        extrapolate every stage, print the table with what bounds each stage and the study."""
         from .estimate import estimate_stages
-        rows, total = estimate_stages(self, todo)
-        t = Table(title=f"estimated duration ({self.preset_name} preset, {self.device}, measured on one batch)")
+        est = estimate_stages(self, todo)
+        if not est.rows:
+            return
+        total, r = est.total, est.rates
+        where = f"measured on {r.n_images} real images of {self.dataset}" if r else "nothing to measure"
+        t = Table(title=f"estimated duration ({self.preset_name} preset, {self.device}, {where})")
         t.add_column("stage")
         t.add_column("work")
         t.add_column("estimate", justify="right")
-        for name, work, secs in rows:
-            t.add_row(name, work, human(secs))
-        t.add_row("[bold]total", "", f"[bold]{human(total)}")
+        t.add_column("bound by")
+        for row in est.rows:
+            share = f" ({100 * row.terms[row.bound] / row.seconds:.0f} %)" if row.seconds > 0 else ""
+            t.add_row(row.stage, row.work, human(row.seconds), row.bound + share)
+        t.add_row("[bold]total", "", f"[bold]{human(total)}", "")
         self.console.print(t)
+        if r is not None:
+            def ips(s):
+                return "not measured" if s is None else f"{1 / s:,.0f} images/s" if s > 0 else "∞ images/s"
+            loader = f"{r.workers} worker processes" if r.workers else "in the main process (0 workers)"
+            mode = "overlapping the compute" if r.overlap else "adding to the compute (shared cores)"
+            self.console.print(
+                f"measured: loader {ips(r.load_eval)} (evaluation transform), {ips(r.load_train)} (training "
+                f"transform), {loader}, {mode}; forward {ips(r.forward)}; training step {ips(r.step)}; float64 "
+                f"matmul {1e-9 / r.matmul:,.1f} GFLOP/s")
+        term, pct = est.dominant()
+        if term and total > 0:
+            rest = ", ".join(f"{k} {v:.0f} %" for k, v in list(est.shares().items())[1:])
+            self.console.print(f"dominant term: [bold]{term}[/], {pct:.0f} % of the estimated {human(total)}"
+                               + (f" (then {rest})" if rest else ""))
         if total > 3600:
             self.console.print(f"[yellow]This study would take about {human(total)} here.[/] To go faster: "
                                "--preset quick, a smaller model (e.g. test_resnet, resnet18 at 32 px), --device cuda, "
@@ -190,12 +213,13 @@ class Study:
 def analyze(model: str, dataset: str, out: str | Path, checkpoint=None, preset: str = "quick", seeds=None,
             stages=None, device: str = "cpu", data_root=None, pretrained: bool | None = None,
             console: Console | None = None, progress: bool = True, estimate: bool = True,
-            overrides: dict | None = None) -> dict:
+            overrides: dict | None = None, loader_workers: int | None = None, scheduler=None,
+            workers: int | None = None) -> dict:
     """Run the study; returns the report summary (dict). `overrides`: {stage: {parameter: value}} on top of the
     preset (the stages' parameters classes name every valid one)."""
     study = Study(model, dataset, out, checkpoint=checkpoint, preset=preset, seeds=seeds, device=device,
                   data_root=data_root, pretrained=pretrained, console=console, progress=progress,
-                  overrides=overrides)
+                  overrides=overrides, loader_workers=loader_workers, scheduler=scheduler, workers=workers)
     todo = parse_stages(stages)
     study.check_order(todo)
     if any(not study.done(s) for s in todo if s != "report"):

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from .version import __version__
+from . import precision
+from .data.loader import item_seeds
 from .errors import ChanaxisError
 from .evaluation import evaluate, module_forward
 from .checkpoints import KIND, MANIFEST, read_manifest
@@ -52,7 +54,8 @@ class TrainParams(Params):
                                      none="the whole split")
     eval_subset: int | None = param(None, "evaluate on a fixed random subset of this many images", "images", ge=1,
                                     none="the whole split")
-    num_workers: int = param(0, "DataLoader worker processes", "processes", ge=0, aliases=("--workers",))
+    precision: str = param("auto", "training precision: bf16 autocast with channels_last memory, or fp32 (auto: "
+                           "bf16 on CUDA, fp32 elsewhere)", choices=precision.CHOICES)
     recipe: tuple[tuple[str, Any], ...] | None = param(None, "recipe fields overriding the card's (optimizer, lr, "
                                                        "momentum, nesterov, schedule, weight_decay, …)",
                                                        none="the card's recipe", cli=False)
@@ -155,12 +158,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _worker_init(worker_id: int) -> None:
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
 def _rng_state() -> dict:
     st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -218,7 +215,7 @@ def _identity(m: dict) -> dict:
     """What makes two runs the same run: rerunning with these equal resumes, anything else is refused."""
     model = {k: v for k, v in m["model"].items() if k not in ("checkpoint", "unexpected_keys")}
     return {"model": model, **{k: m.get(k) for k in ("dataset", "seed", "recipe", "pretrained", "schedule",
-                                                      "max_batches_per_epoch")}}
+                                                      "max_batches_per_epoch", "precision")}}
 
 
 def _check_out_dir(out: Path, manifest: dict) -> dict | None:
@@ -314,6 +311,7 @@ class _Job:
                         "eval_subset": None if ev_idx is None else len(ev_idx), "augment": dict(card.augment)},
             "recipe": r, "seed": p.seed, "pretrained": bool(p.pretrained), "schedule": self.schedule,
             "max_batches_per_epoch": p.max_batches_per_epoch, "device": ctx.device,
+            "precision": precision.resolve(p.precision, ctx.device),
             "units": {"loss": "nats (mean cross-entropy)", "acc": "%", "seconds": "s"},
             "status": "running", "epochs_done": -1, "history": [], "checkpoints": {}, "best": None, "resumed_at": [],
         }
@@ -335,14 +333,16 @@ class _Job:
         try:
             # the stage's own bar when run by run_stage (one live display), else one of its own
             with contextlib.nullcontext(ctx.bar) if ctx.bar is not None else progress_bar(ctx.progress) as bar:
-                self._loop(dev, bar)
+                self._loop(dev, bar, ctx)
         finally:
             torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
 
-    def _loop(self, dev, bar) -> None:
+    def _loop(self, dev, bar, ctx: Context) -> None:
         model, module, manifest, out, r, schedule = (self.model, self.model.module, self.manifest, self.out, self.r,
                                                      self.schedule)
-        seed, num_workers, max_batches = self.p.seed, self.p.num_workers, self.p.max_batches_per_epoch
+        seed, max_batches = self.p.seed, self.p.max_batches_per_epoch
+        prec = manifest["precision"]
+        precision.to_device_layout(module, dev)
         opt = _optimizer(param_groups(module, tuple(getattr(model, "exclude_prefixes", ())), r, self.p.pretrained), r)
         sched = _scheduler(opt, r)
         state_path = out / STATE
@@ -361,15 +361,17 @@ class _Job:
             start = st["epoch"] + 1
             if start <= r["epochs"]:
                 manifest["resumed_at"].append(start)
-        eval_loader = _loader(self.eval_h, self.ev_idx, r["batch_size"], False, seed, 0, num_workers)
-        n_train = len(self.train_h) if self.tr_idx is None else len(self.tr_idx)
+        train_loader, eval_loader = ctx.loader(self.train_h.dataset), ctx.loader(self.eval_h.dataset)
+        tr_idx = np.arange(len(self.train_h)) if self.tr_idx is None else self.tr_idx
+        ev_idx = np.arange(len(self.eval_h)) if self.ev_idx is None else self.ev_idx
+        n_train = len(tr_idx)
         n_batches = -(-n_train // r["batch_size"])
         if max_batches:
             n_batches = min(n_batches, max_batches)
 
         def finish_epoch(epoch: int, row: dict) -> None:
             manifest["history"] = [h for h in manifest["history"] if h["epoch"] < epoch] + [row]
-            sd = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+            sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
             if epoch in schedule:
                 rel = f"checkpoints/epoch_{epoch:04d}.pt"
                 _atomic_save(sd, out / rel)
@@ -390,7 +392,10 @@ class _Job:
                 _atomic_json(manifest, out / MANIFEST)
 
         def measure() -> tuple[float, float]:
-            loss, acc = evaluate(module_forward(module, dev), eval_loader)
+            fwd = module_forward(module, dev)
+            with precision.autocast(prec, dev):
+                loss, acc = evaluate(lambda x: fwd(precision.input_layout(x, dev)),
+                                     eval_loader.batches(ev_idx, r["batch_size"]))
             return float(loss), float(acc)
 
         task = bar.add_task("train", total=r["epochs"] * n_batches, completed=max(0, start - 1) * n_batches)
@@ -404,16 +409,15 @@ class _Job:
         for epoch in range(start, r["epochs"] + 1):
             t0 = time.perf_counter()
             _seed_all(_epoch_seed(seed, epoch))  # augmentation, dropout: a function of (seed, epoch) only
-            loader = _loader(self.train_h, self.tr_idx, r["batch_size"], True, seed, epoch, num_workers)
+            order = tr_idx[epoch_order(n_train, seed, epoch)][:n_batches * r["batch_size"]]
             module.train()
             loss_sum, correct, n = 0.0, 0, 0
             lr = opt.param_groups[-1]["lr"]
-            for b, (x, y) in enumerate(loader):
-                if b >= n_batches:
-                    break
-                x, y = x.to(dev), y.to(dev)
-                z = module(x)
-                loss = nn.functional.cross_entropy(z, y)
+            # augmentation is seeded per item (seed, epoch, position): the same whatever --loader-workers
+            for x, y in train_loader.batches(order, r["batch_size"], seeds=item_seeds(seed, epoch, len(order))):
+                with precision.autocast(prec, dev):
+                    z = module(precision.input_layout(x, dev))
+                    loss = nn.functional.cross_entropy(z.float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -435,25 +439,24 @@ class _Job:
             _atomic_json({**m, "status": "done"}, out / MANIFEST)
 
 
-def _loader(handle, idx, batch_size, shuffle, seed, epoch, num_workers):
-    from torch.utils.data import DataLoader, Subset
-    ds = handle.dataset if idx is None else Subset(handle.dataset, idx.tolist())
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of an epoch's n items: a function of (seed, epoch) only."""
     g = torch.Generator()
     g.manual_seed(_epoch_seed(seed, epoch))
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
-                      worker_init_fn=_worker_init if num_workers else None, drop_last=False,
-                      persistent_workers=False)
+    return torch.randperm(n, generator=g).numpy()
 
 
 def train(model, dataset: str, out: str | Path, *, device: str = "cpu", progress: bool = True,
-          root: str | None = None, **params) -> dict:
+          root: str | None = None, loader_workers: int | None = None, scheduler=None, workers: int | None = None,
+          **params) -> dict:
     """Train `model` (a timm name, a `Model` or an nn.Module) on `dataset` from the data card's recipe, saving
     checkpoints at the scheduled epochs into the folder `out`; returns the manifest.
 
     `recipe` overrides card fields (validated against RECIPE_KEYS); `root` is where the dataset lies. Rerunning the
     same call on a killed run resumes it; on a finished run it returns at once."""
     stage = TrainStage(**params)
-    ctx = Context(device=device, progress=progress, data_root=root, model_spec=model, dataset=dataset)
+    ctx = Context(device=device, progress=progress, data_root=root, model_spec=model, dataset=dataset,
+                  loader_workers=loader_workers, scheduler=scheduler, workers=workers)
     return run_stage(stage, out, ctx)
 
 

@@ -15,6 +15,10 @@ def register(sub) -> None:
     s.add_argument("--set", dest="settings", action="append", default=[], metavar="STAGE.PARAM=VALUE",
                    help="override one parameter of one stage on top of the preset, e.g. --set prune.levels=0.1,0.5 "
                         "(repeatable; `chanaxis STAGE --help` lists each stage's parameters)")
+    s.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16"),
+                   help="training and fine-tuning precision: bf16 autocast with channels_last, or fp32 (default: auto, "
+                        "bf16 on CUDA and fp32 elsewhere); the passes that feed the metrics stay fp32 (--set "
+                        "capture.precision=bf16 etc. to change them)")
     s.add_argument("--seeds", default=None, help="pruning seeds, comma list (default: the preset's)")
     s.add_argument("--stages", default=None, help="comma list of stages to run (default: all, in order)")
     s.add_argument("--data-root", default=None, help="where the dataset lies (default: the card's search paths)")
@@ -22,6 +26,14 @@ def register(sub) -> None:
     s.add_argument("--out", "-o", default=None, help="study folder (default: runs/<model>-<dataset>-<preset>)")
     add_run_options(s)
     s.set_defaults(func=run)
+
+
+def precision_settings(precision: str | None, settings: dict) -> dict:
+    """--precision P as train.precision=P and prune.finetune_precision=P (an explicit --set wins)."""
+    if precision is not None:
+        settings.setdefault("train", {}).setdefault("precision", precision)
+        settings.setdefault("prune", {}).setdefault("finetune_precision", precision)
+    return settings
 
 
 def parse_settings(items: list[str]) -> dict:
@@ -47,4 +59,5 @@ def run(a) -> None:
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
     analyze(a.model, a.dataset, out, checkpoint=a.checkpoint, preset=a.preset, seeds=seeds, stages=a.stages,
             device=device(a.device), data_root=a.data_root, pretrained=a.pretrained, progress=not a.quiet,
-            overrides=parse_settings(a.settings))
+            loader_workers=a.loader_workers, scheduler=a.scheduler, workers=a.workers,
+            overrides=precision_settings(a.precision, parse_settings(a.settings)))

@@ -21,6 +21,7 @@ def run(a) -> None:
     from chanaxis.stages.capture import CaptureStage
     model = open_model(a)
     path = chanaxis.capture(model, a.dataset, a.out, data_root=a.data_root, overwrite=a.overwrite,
+                            loader_workers=a.loader_workers, scheduler=a.scheduler, workers=a.workers,
                             progress=not a.quiet, **given(a, CaptureStage.Params))
     tree = chanaxis.open_run(path)
     n_layers = len(tree["layers"].children)

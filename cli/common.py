@@ -27,10 +27,19 @@ def device(name: str) -> str:
 
 
 def add_run_options(p: argparse.ArgumentParser, overwrite: str | None = None) -> None:
-    """--device, --quiet and (when the stage can redo its node) --overwrite."""
+    """--device, --loader-workers, --workers, --scheduler, --quiet and (when the stage can redo its node)
+    --overwrite."""
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     if overwrite:
         p.add_argument("--overwrite", action="store_true", help=overwrite)
+    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
+                   help="processes that read and decode images (0: in the main process; default: the usable cores, "
+                        "or $CHANAXIS_LOADER_WORKERS); results do not depend on it")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the stage's units on a local dask cluster of N worker processes made for the run "
+                        "(N >= 2; default: in this process); results equal the in-process run")
+    p.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="run the stage's units on a running dask.distributed cluster (tcp://host:8786)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

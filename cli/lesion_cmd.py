@@ -17,7 +17,8 @@ def run(a) -> None:
     from chanaxis.cli.options import given
     from chanaxis.interventions.lesion import LesionStage, lesion
     from chanaxis.store import open_run
-    lesion(a.run, device=device(a.device), progress=not a.quiet, overwrite=a.overwrite,
+    lesion(a.run, device=device(a.device), loader_workers=a.loader_workers, progress=not a.quiet, overwrite=a.overwrite,
+           scheduler=a.scheduler, workers=a.workers,
            **given(a, LesionStage.Params))
     tree = open_run(a.run)
     ds = tree["lesion"].to_dataset()

@@ -8,8 +8,6 @@ def register(sub) -> None:
     from chanaxis.stages.metrics import MetricsStage
     s = sub.add_parser("metrics", help=MetricsStage.help)
     s.add_argument("run", help="run store (RUN.zarr) written by `chanaxis capture`")
-    s.add_argument("--workers", type=int, default=None, help="threads for the chunked reductions (1 = serial)")
-    s.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (tcp://host:8786)")
     add_params(s, MetricsStage.Params)
     add_run_options(s, overwrite="recompute metrics made with other parameters")
     s.set_defaults(func=run)
@@ -21,8 +19,7 @@ def run(a) -> None:
     from chanaxis.stages.metrics import MetricsStage, metrics
     from chanaxis.store import open_run
     metrics(a.run, scheduler=a.scheduler, workers=a.workers, progress=not a.quiet, device=device(a.device),
-            overwrite=a.overwrite,
-            **given(a, MetricsStage.Params))
+            loader_workers=a.loader_workers, overwrite=a.overwrite, **given(a, MetricsStage.Params))
     tree = open_run(a.run)
     m = tree["metrics"].to_dataset()
     msg = f"[green]metrics[/] for {m.sizes['unit']} channels in {len(set(m.layer.values))} layers written to {a.run}"

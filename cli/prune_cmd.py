@@ -17,7 +17,8 @@ def run(a) -> None:
     from chanaxis.cli.options import given
     from chanaxis.interventions.prune import PruneStage, no_common_interval, prune
     from chanaxis.store import open_run
-    prune(a.run, device=device(a.device), progress=not a.quiet, overwrite=a.overwrite,
+    prune(a.run, device=device(a.device), loader_workers=a.loader_workers, progress=not a.quiet, overwrite=a.overwrite,
+          scheduler=a.scheduler, workers=a.workers,
           **given(a, PruneStage.Params))
     ds = open_run(a.run)["pruning"].to_dataset().compute()
     apart = [str(r) for r in ds.regime.values if no_common_interval(ds, r)]

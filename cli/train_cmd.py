@@ -43,6 +43,7 @@ def run(a) -> None:
     from chanaxis.cli.options import given
     from chanaxis.training import TrainStage
     m = chanaxis.train(a.model, a.dataset, a.out, device=device(a.device), progress=not a.quiet, root=a.data_root,
+                       loader_workers=a.loader_workers, scheduler=a.scheduler, workers=a.workers,
                        recipe=recipe_overrides(a.recipe_overrides), **given(a, TrainStage.Params))
     best = m["best"]
     last = m["history"][-1]

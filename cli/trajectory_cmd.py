@@ -27,6 +27,7 @@ def run(a) -> None:
     from chanaxis.cli.options import given
     from chanaxis.stages.trajectory import TrajectoryStage
     path = chanaxis.trajectory(a.run_dir, dataset=a.dataset, out=a.out, model=a.model, device=device(a.device),
+                               loader_workers=a.loader_workers, scheduler=a.scheduler, workers=a.workers,
                                progress=not a.quiet, root=a.data_root, **given(a, TrajectoryStage.Params))
     tr = chanaxis.open_run(path)["trajectory"].to_dataset().load()
     t = Table(title=f"trajectory ({path})")

@@ -394,7 +394,8 @@ def test_finetune_keeps_pruned_channels_removed(run_store):
     run, _, model = run_store
     plan = PruningPlan(model)
     eff = plan.effective(random_keep(plan, 0.5, seed=3))
-    train = dataset_from_store(run, transform="train").dataset
+    from chanaxis.data.loader import Loader
+    train = Loader(dataset_from_store(run, transform="train").dataset, workers=0)
     net = finetune(model, eff, train, epochs=1, max_batches=2, lr=1e-2, seed=0, batch_size=8)
     tuned = copy.deepcopy(model)
     tuned.module = net

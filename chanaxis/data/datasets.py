@@ -34,15 +34,54 @@ class ArrayDataset(Dataset):
         return self.transform(torch.from_numpy(np.array(self.images[i]))), int(self.labels[i])
 
 
-def read_image(path: str) -> torch.Tensor:
-    """The image file as a uint8 3 x H x W tensor."""
+_FAST = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG and PNG: decoded by torchvision.io (libjpeg-turbo, libpng)
+
+
+def read_bytes(path: str) -> torch.Tensor:
+    """The file's bytes as a uint8 tensor (what a device decoder takes)."""
+    try:
+        with open(path, "rb") as f:
+            return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
+def decode(data: torch.Tensor, path: str, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Encoded image bytes → uint8 3 x H x W RGB tensor.
+
+    JPEG and PNG go through torchvision.io's decoders (on the GPU for JPEG when `device` is CUDA); pixels equal
+    PIL's (both use libjpeg-turbo with the same IDCT and chroma upsampling: tests/test_loader.py checks equality on
+    CPU). Anything else — and any file torchvision declines (CMYK JPEG, 16-bit PNG, …) — falls back to PIL."""
+    head = bytes(data[:8].tolist())
+    if head.startswith(_FAST):
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+        try:
+            if head.startswith(_FAST[0]) and str(device).startswith("cuda"):
+                img = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            else:
+                img = decode_image(data, mode=ImageReadMode.RGB)
+            if img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3:
+                return img
+        except RuntimeError:
+            pass  # PIL decides: it reads more variants, and it names what is wrong with a damaged file
+    return _pil_decode(data, path).to(device)
+
+
+def _pil_decode(data: torch.Tensor, path: str) -> torch.Tensor:
+    import io
+
     from PIL import Image
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
             arr = np.asarray(im.convert("RGB"))
     except (*_UNREADABLE, Image.DecompressionBombError) as e:
         raise _unreadable(path, e) from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str) -> torch.Tensor:
+    """The image file as a uint8 3 x H x W tensor."""
+    return decode(read_bytes(path), path)
 
 
 def verify_image(path: str) -> None:
@@ -68,6 +107,10 @@ class FileDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(read_image(self.files[i])), int(self.labels[i])
+
+    def encoded(self, i: int):
+        """Item `i` undecoded: (file bytes, label), for a decoder on the device (`chanaxis.data.loader`)."""
+        return read_bytes(self.files[i]), int(self.labels[i])
 
 
 class SyntheticDataset(Dataset):

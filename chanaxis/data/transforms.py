@@ -25,8 +25,8 @@ class EnsureSize:
 class Pipeline:
     """uint8 CxHxW tensor -> (ops) -> float normalised 3xHxW tensor. Picklable for DataLoader workers."""
 
-    def __init__(self, ops: list, mean, std):
-        self.ops = ops
+    def __init__(self, ops: list, mean, std, deterministic: bool = True):
+        self.ops, self.deterministic = ops, deterministic
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -35,6 +35,8 @@ class Pipeline:
             x = x.expand(3, -1, -1).contiguous()
         for op in self.ops:
             x = op(x)
+        if self.mean.device != x.device:  # decoded on the GPU (chanaxis.data.loader)
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return (x.to(torch.float32) / 255.0 - self.mean) / self.std
 
 
@@ -66,4 +68,4 @@ def build_transform(card: Card, mode: str, size: int) -> Pipeline:
             ops.append(v2.ColorJitter(*aug["color_jitter"]))
     else:
         raise ChanaxisError(f"unknown transform {mode!r}; use 'eval' or 'train'")
-    return Pipeline(ops, card.mean, card.std)
+    return Pipeline(ops, card.mean, card.std, deterministic=mode == "eval")

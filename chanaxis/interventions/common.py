@@ -34,8 +34,10 @@ def checked_model(run, ctx):
     return model
 
 
-def load_eval_images(run, n: int | None, seed: int = 0, handle=None):
-    """A seeded random subset of `n` images of the evaluation split (all when n is None or ≥ its size)."""
+def load_eval_images(run, n: int | None, seed: int = 0, handle=None, ctx=None):
+    """A seeded random subset of `n` images of the evaluation split (all when n is None or ≥ its size), read
+    through the context's loader (its workers), held in host memory."""
+    from ..data.loader import Loader
     from ..reload import dataset_from_store
     h = handle or dataset_from_store(run, split="eval")
     total = len(h.dataset)
@@ -45,9 +47,7 @@ def load_eval_images(run, n: int | None, seed: int = 0, handle=None):
         if n < 1:
             raise ChanaxisError(f"--eval-images must be ≥ 1, not {n}")
         idx = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
-    items = [h.dataset[int(i)] for i in idx]
-    x = torch.stack([it[0] for it in items])
-    y = torch.as_tensor([int(it[1]) for it in items])
+    x, y = (ctx.loader(h.dataset) if ctx is not None else Loader(h.dataset)).images(idx)
     info = {"split": getattr(h, "split", "eval"), "n_images": int(len(idx)), "seed": seed,
             "indices_sha256": hashlib.sha256(np.ascontiguousarray(idx, np.int64).tobytes()).hexdigest()}
     return x, y, info

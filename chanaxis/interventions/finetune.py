@@ -7,8 +7,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import precision as prec
 from ..capabilities import require
-from .masks import Effective, zero_pruned
+from ..data.loader import item_seeds
+from .masks import Effective, PrunedZeros
 
 
 def taylor_scores(model, x: torch.Tensor, y: torch.Tensor, layers: list[str], batch_size: int = 128) -> dict:
@@ -29,30 +31,31 @@ def taylor_scores(model, x: torch.Tensor, y: torch.Tensor, layers: list[str], ba
     return out
 
 
-def finetune(model, eff: Effective, train_dataset, epochs: int, max_batches: int, lr: float, seed: int,
-             batch_size: int) -> torch.nn.Module:
-    """A pruned copy trained with Adam; pruned parameters (and the consumers' dead input slices) are zeroed after
-    every step, so the pruned network stays exactly the masked one."""
+def finetune(model, eff: Effective, loader, epochs: int, max_batches: int, lr: float, seed: int,
+             batch_size: int, precision: str = "fp32") -> torch.nn.Module:
+    """A pruned copy trained with Adam on the training images of `loader` (a `chanaxis.data.loader.Loader`, whose
+    augmentation is seeded per item); pruned parameters (and the consumers' dead input slices) are zeroed after
+    every step, so the pruned network stays exactly the masked one. `precision`: "fp32" or "bf16" (autocast, with
+    channels_last on CUDA)."""
     require(model, "gradients", what="fine-tuning (--finetune-epochs > 0; pass --finetune-epochs 0 for one-shot)")
-    net = copy.deepcopy(model.module)
-    zero_pruned(net, model.graph, eff)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     device = getattr(model, "device", "cpu")
+    net = prec.to_device_layout(copy.deepcopy(model.module), device)
+    zero = PrunedZeros(net, model.graph, eff)  # the indices once; each step only writes the zeros
+    zero()
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the augmentation draws from torch's RNG
+        torch.manual_seed(seed)  # dropout draws from torch's RNG; the augmentation is seeded per item
         order_rng = np.random.default_rng(seed)
-        n = len(train_dataset)
-        for _ in range(epochs):
-            perm = order_rng.permutation(n)
+        n = len(loader.dataset)
+        n_batches = min(max_batches, n // batch_size if n >= batch_size else 1)
+        for epoch in range(epochs):
+            order = order_rng.permutation(n)[:n_batches * batch_size]
             net.train()
-            for b in range(min(max_batches, n // batch_size if n >= batch_size else 1)):
-                idx = perm[b * batch_size:(b + 1) * batch_size]
-                items = [train_dataset[int(i)] for i in idx]
-                xb = torch.stack([it[0] for it in items]).to(device)
-                yb = torch.as_tensor([int(it[1]) for it in items], device=device)
-                loss = F.cross_entropy(net(xb), yb)
+            for xb, yb in loader.batches(order, batch_size, seeds=item_seeds(seed, epoch, len(order))):
+                with prec.autocast(precision, device):
+                    loss = F.cross_entropy(net(prec.input_layout(xb, device)).float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                zero_pruned(net, model.graph, eff)
+                zero()
     return net.eval()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from .. import store
+from .. import precision, store
 from ..errors import ChanaxisError
 from ..evaluation import evaluate, model_forward, outcome_sums, tensor_batches
 from ..params import Params, param
@@ -44,6 +44,8 @@ class LesionParams(Params):
     replace: bool = param(True, "also replace each lesioned channel from its peers, with the controls")
     suffix: bool = param(True, "run only the network after the layer per variant (else a full forward each)")
     n_bins: int = param(5, "quantile bins of I(T;Y) for the within-bin Spearman", "bins", ge=1)
+    precision: str = param("fp32", "precision of the evaluation passes that feed the results (bf16: autocast, "
+                           "torch models only)", choices=("fp32", "bf16"))
 
 
 def select_channels(layer, fraction: float, all_channels: bool, seed: int) -> dict[str, np.ndarray]:
@@ -88,7 +90,8 @@ class LesionStage(Stage):
         p = self.params
         return {"all": p.all_channels, "fraction": 1.0 if p.all_channels else p.fraction, "seed": p.seed,
                 "eval_images": p.eval_images, "replace": p.replace, "ridge_lam": ridge_lambda(grp),
-                "n_bins": p.n_bins, "peer_support": list(PEER_SUPPORT), "recovery_min_damage": RECOVERY_MIN_DAMAGE}
+                "n_bins": p.n_bins, "peer_support": list(PEER_SUPPORT), "recovery_min_damage": RECOVERY_MIN_DAMAGE,
+                "precision": p.precision}
 
     def prepare(self, run, ctx: Context) -> None:
         grp = store.open_group(run, mode="r+")
@@ -139,8 +142,10 @@ class LesionStage(Stage):
             rand = random_peer_sets([len(h) for h in hull], model.graph[name].c_out, ch, seed=[p.seed, li])
             peer_sets = dict(zip(REPLACE_KINDS, (hull, top8, [[]] * len(ch), rand)))
             moments = layer_moments(run, name)
-        res, mode = layer_damages(model, name, x, y, ch, self._base(run, ctx), moments, peer_sets, p.batch_size,
-                                  p.suffix, lam=self._lam(run, ctx))
+        base = self._base(run, ctx)
+        with precision.autocast(p.precision, ctx.device, model):
+            res, mode = layer_damages(model, name, x, y, ch, base, moments, peer_sets, p.batch_size, p.suffix,
+                                      lam=self._lam(run, ctx))
         lo = sum(len(chans[n]) for n in list(chans)[:li])
         lg = store.open_group(run, mode="r+")[store.LESION]
         for k, v in res.items():
@@ -172,26 +177,29 @@ class LesionStage(Stage):
 
     def _eval(self, run, ctx):
         return ctx.memo(("lesion", str(run), "eval", self.params.eval_images),
-                        lambda: load_eval_images(run, self.params.eval_images))
+                        lambda: load_eval_images(run, self.params.eval_images, ctx=ctx))
 
     def _base(self, run, ctx) -> tuple[float, float]:
         """Loss and accuracy of the intact model on the evaluation images (what every damage is relative to)."""
         x, y, _ = self._eval(run, ctx)
         model = checked_model(run, ctx)
-        return ctx.memo(("lesion", str(run), "base", self.params.eval_images, self.params.batch_size),
-                        lambda: evaluate(model_forward(model), tensor_batches(x, y, self.params.batch_size)))
+        def base():
+            with precision.autocast(self.params.precision, ctx.device, model):
+                return evaluate(model_forward(model), tensor_batches(x, y, self.params.batch_size))
+        return ctx.memo(("lesion", str(run), "base", self.params.eval_images, self.params.batch_size), base)
 
     def _lam(self, run, ctx) -> float:
         return ctx.memo(("lesion", str(run), "lam"), lambda: ridge_lambda(store.open_group(run)))
 
 
 def lesion(run, *, device: str = "cpu", model=None, progress: bool = True, overwrite: bool = False,
-           **params) -> str:
+           loader_workers: int | None = None, scheduler=None, workers: int | None = None, **params) -> str:
     """Lesion channels of every layer of the run store at `run`; fills `/lesion`; resumable; returns the path.
     `model`: the store's model when the store cannot rebuild it (an nn.Module); `overwrite` redoes a /lesion made
     with other parameters."""
     stage = LesionStage(**params)
-    ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, overwrite=overwrite)
+    ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, overwrite=overwrite,
+                  loader_workers=loader_workers, scheduler=scheduler, workers=workers)
     return run_stage(stage, run, ctx)
 
 

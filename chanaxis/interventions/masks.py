@@ -129,41 +129,62 @@ class PruningPlan:
         return sum(self.graph[n].c_out for n in self.prunable)
 
 
-@torch.no_grad()
-def zero_pruned(module: nn.Module, graph: LayerGraph, eff: Effective) -> None:
-    """Remove what the effective masks silence by editing weights: filter, bias, BN affine and running stats of
+class PrunedZeros:
+    """Removes what the effective masks silence by editing weights: filter, bias, BN affine and running stats of
     every silenced output channel, and the input slices that consumers read from dead channels.
-    Re-applied after every fine-tuning step, so pruned parameters stay exactly zero."""
-    mods = dict(module.named_modules())
-    for name, keep in eff.out_keep.items():
-        drop = torch.as_tensor(np.flatnonzero(~keep), dtype=torch.long)
-        if drop.numel() == 0:
-            continue
-        layer = graph[name]
-        m = mods[name]
-        m.weight[drop.to(m.weight.device)] = 0
-        if m.bias is not None:
-            m.bias[drop.to(m.bias.device)] = 0
-        if layer.norm == "bn":
-            bn = mods[layer.norm_module]
-            d = drop.to(bn.weight.device) if bn.weight is not None else drop
-            if bn.weight is not None:
-                bn.weight[d] = 0
-                bn.bias[d] = 0
-            if getattr(bn, "running_mean", None) is not None:
-                bn.running_mean[drop.to(bn.running_mean.device)] = 0
-                bn.running_var[drop.to(bn.running_var.device)] = 1
-    for name, live in eff.in_live.items():
-        dead = np.flatnonzero(~live)
-        m = mods.get(name)
-        if dead.size == 0 or m is None:
-            continue
-        w = m.weight  # conv (out, in/g, kh, kw) or linear (out, in)
-        groups = getattr(m, "groups", 1)
-        in_per, out_per = w.shape[1], w.shape[0] // groups
-        for c in dead:
-            g = c // in_per
-            w[g * out_per:(g + 1) * out_per, c % in_per] = 0
+
+    The indices are derived once, on the parameters' devices; each call then writes the zeros (and BN's unit
+    variances) with one in-place op per tensor, so fine-tuning can re-apply it after every step at no real cost."""
+
+    def __init__(self, module: nn.Module, graph: LayerGraph, eff: Effective):
+        mods = dict(module.named_modules())
+        self._fills: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (tensor, output rows, value)
+        self._masked: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, bool mask over (out, in/g, 1…))
+        for name, keep in eff.out_keep.items():
+            drop = np.flatnonzero(~keep)
+            if drop.size == 0:
+                continue
+            layer = graph[name]
+            m = mods[name]
+            self._fill(m.weight, drop, 0.0)
+            self._fill(m.bias, drop, 0.0)
+            if layer.norm == "bn":
+                bn = mods[layer.norm_module]
+                self._fill(bn.weight, drop, 0.0)
+                self._fill(bn.bias, drop, 0.0)
+                self._fill(getattr(bn, "running_mean", None), drop, 0.0)
+                self._fill(getattr(bn, "running_var", None), drop, 1.0)
+        for name, live in eff.in_live.items():
+            dead = np.flatnonzero(~live)
+            m = mods.get(name)
+            if dead.size == 0 or m is None:
+                continue
+            w = m.weight  # conv (out, in/g, kh, kw) or linear (out, in)
+            groups = getattr(m, "groups", 1)
+            in_per, out_per = w.shape[1], w.shape[0] // groups
+            hit = np.zeros(w.shape[:2], bool)
+            for c in dead:  # input channel c reaches only the outputs of its group, at its slot in the group
+                g = c // in_per
+                hit[g * out_per:(g + 1) * out_per, c % in_per] = True
+            mask = torch.as_tensor(hit, device=w.device).reshape(*hit.shape, *([1] * (w.ndim - 2)))
+            self._masked.append((w, mask))
+
+    def _fill(self, t, rows: np.ndarray, value: float) -> None:
+        if t is not None:
+            self._fills.append((t, torch.as_tensor(rows, dtype=torch.long, device=t.device), value))
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for t, rows, value in self._fills:
+            t.index_fill_(0, rows, value)
+        for w, mask in self._masked:
+            w.masked_fill_(mask, 0.0)
+
+
+def zero_pruned(module: nn.Module, graph: LayerGraph, eff: Effective) -> None:
+    """Remove what the effective masks silence by editing weights (once; see `PrunedZeros`, which fine-tuning
+    builds once and re-applies after every step, so pruned parameters stay exactly zero)."""
+    PrunedZeros(module, graph, eff)()
 
 
 def random_keep(plan: PruningPlan, fraction: float, seed: int = 0) -> dict[str, np.ndarray]:

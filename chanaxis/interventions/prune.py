@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .. import precision as prec
 from .. import store
 from ..capabilities import require
 from ..errors import ChanaxisError
@@ -51,6 +52,10 @@ class PruneParams(Params):
     taylor_images: int = param(1024, "calibration images of the taylor score (one accumulated gradient)", "images",
                                ge=1)
     n_resamples: int = param(10_000, "bootstrap resamples of the paired AUC differences", "resamples", ge=1)
+    precision: str = param("fp32", "precision of the evaluation passes that feed the results (bf16: autocast, "
+                           "torch models only)", choices=("fp32", "bf16"))
+    finetune_precision: str = param("auto", "fine-tuning precision: bf16 autocast with channels_last memory, or "
+                                    "fp32 (auto: bf16 on CUDA, fp32 elsewhere)", choices=prec.CHOICES)
 
     def validate(self) -> None:
         # one order for every entry point: methods and seeds as first given, levels ascending; no repeats
@@ -83,7 +88,8 @@ class PruneStage(Stage):
                 sc.default_allocation(model.graph), "levels": list(p.levels), "seeds": list(p.seeds),
                 "finetune_epochs": p.finetune_epochs, "finetune_batches": p.finetune_batches, "lr": p.lr,
                 "optimizer": "adam", "eval_images": p.eval_images, "taylor_images": p.taylor_images,
-                "batch_size": p.batch_size, "n_resamples": p.n_resamples}
+                "batch_size": p.batch_size, "n_resamples": p.n_resamples, "precision": p.precision,
+                "finetune_precision": prec.resolve(p.finetune_precision, getattr(model, "device", "cpu"))}
 
     def prepare(self, run, ctx: Context) -> None:
         p = self.params
@@ -146,7 +152,8 @@ class PruneStage(Stage):
             if mth != "random" and si > 0 and pg["oneshot_done"][mi, li, 0]:
                 vals = {k: pg[k][mi, li, 0] for k in ONESHOT_VARS}  # a seed-free score: the first seed's cell
             else:
-                loss, acc = evaluate(model_forward(model, plan.masks(eff)), tensor_batches(x, y, p.batch_size))
+                with prec.autocast(p.precision, ctx.device, model):
+                    loss, acc = evaluate(model_forward(model, plan.masks(eff)), tensor_batches(x, y, p.batch_size))
                 pruned = sum(int((~k).sum()) for k in keep.values())
                 vals = {"macs_retained": plan.macs(eff), "channel_sparsity": pruned / plan.n_prunable(),
                         "acc_oneshot": acc, "loss": loss}
@@ -154,10 +161,11 @@ class PruneStage(Stage):
                 pg[k][cell] = v
             pg["oneshot_done"][cell] = True  # last: the cell counts only once its values are on disk
         if p.finetune_epochs > 0 and not pg["finetune_done"][cell]:
-            net = finetune(model, eff, self._train(run, ctx), p.finetune_epochs, p.finetune_batches, p.lr, seed,
-                           p.batch_size)
-            loss_ft, acc_ft = evaluate(module_forward(net, getattr(model, "device", "cpu")),
-                                       tensor_batches(x, y, p.batch_size))
+            net = finetune(model, eff, ctx.loader(self._train(run, ctx)), p.finetune_epochs, p.finetune_batches,
+                           p.lr, seed, p.batch_size, precision=cfg["finetune_precision"])
+            with prec.autocast(p.precision, ctx.device, model):
+                loss_ft, acc_ft = evaluate(module_forward(net, getattr(model, "device", "cpu")),
+                                           tensor_batches(x, y, p.batch_size))
             del net
             pg["acc_finetuned"][cell] = acc_ft
             pg["loss_finetuned"][cell] = loss_ft
@@ -175,7 +183,8 @@ class PruneStage(Stage):
             if todo.any():
                 raise ChanaxisError(f"the pruning of '{run}' has unfinished cells; rerun the same command to resume")
             x, y, einfo = self._eval(run, ctx)
-            base_loss, base_acc = evaluate(model_forward(model), tensor_batches(x, y, self.params.batch_size))
+            with prec.autocast(self.params.precision, ctx.device, model):
+                base_loss, base_acc = evaluate(model_forward(model), tensor_batches(x, y, self.params.batch_size))
             plan = self._plan(run, ctx)
             ds = _assemble(pg, cfg, self._metrics(run, ctx), plan.full_macs, base_loss, base_acc, einfo, plan,
                            self.params.n_resamples, self._taylor(run, ctx))
@@ -228,7 +237,7 @@ class PruneStage(Stage):
 
     def _eval(self, run, ctx):
         return ctx.memo(("prune", str(run), "eval", self.params.eval_images),
-                        lambda: load_eval_images(run, self.params.eval_images))
+                        lambda: load_eval_images(run, self.params.eval_images, ctx=ctx))
 
     def _train(self, run, ctx):
         from ..reload import dataset_from_store
@@ -237,12 +246,13 @@ class PruneStage(Stage):
 
 
 def prune(run, *, device: str = "cpu", model=None, progress: bool = True, overwrite: bool = False,
-          **params) -> str:
+          loader_workers: int | None = None, scheduler=None, workers: int | None = None, **params) -> str:
     """Prune the model of the run store at `run` with each method at each channel sparsity; fills `/pruning`;
     resumable; returns the path. `model`: the store's model when the store cannot rebuild it (an nn.Module);
     `overwrite` redoes a /pruning made with other parameters."""
     stage = PruneStage(**params)
-    ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, overwrite=overwrite)
+    ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, overwrite=overwrite,
+                  loader_workers=loader_workers, scheduler=scheduler, workers=workers)
     return run_stage(stage, run, ctx)
 
 

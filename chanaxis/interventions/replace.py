@@ -6,6 +6,8 @@ An empty S gives b = μ_i, the mean ablation.
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import torch
 
@@ -22,15 +24,33 @@ def layer_moments(run, layer: str) -> Moments:
 
 def ridge_peers(m: Moments, i: int, peers, lam: float = LAM) -> tuple[np.ndarray, float]:
     """(β over `peers`, b) so that Ŷ_i = β·Y_peers + b."""
-    S = np.asarray([p for p in np.asarray(peers, np.intp).reshape(-1) if p >= 0 and p != i], np.intp)
-    mu = m.mean_y
+    return _ridge(_Standardised(m), i, _peer_set(i, peers), lam)
+
+
+class _Standardised:
+    """What every fit on one layer's moments shares, made once: the means, the standard deviations and (when a fit
+    first needs it) the C×C correlation matrix."""
+
+    def __init__(self, m: Moments):
+        self.m, self.mu = m, m.mean_y
+        self.sd = np.sqrt(np.maximum(m.var_y, VAR_FLOOR))
+
+    @cached_property
+    def R(self) -> np.ndarray:
+        return self.m.cov_yy / np.outer(self.sd, self.sd)
+
+
+def _peer_set(i: int, peers) -> np.ndarray:
+    return np.asarray([p for p in np.asarray(peers, np.intp).reshape(-1) if p >= 0 and p != i], np.intp)
+
+
+def _ridge(st: _Standardised, i: int, S: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
     if S.size == 0:
-        return np.zeros(0), float(mu[i])
-    sd = np.sqrt(np.maximum(m.var_y, VAR_FLOOR))
-    R = m.cov_yy / np.outer(sd, sd)
+        return np.zeros(0), float(st.mu[i])
+    R, sd = st.R, st.sd
     beta_std = np.linalg.solve(R[np.ix_(S, S)] + lam * np.eye(S.size), R[S, i])
     beta = beta_std * sd[i] / sd[S]
-    return beta, float(mu[i] - beta @ mu[S])
+    return beta, float(st.mu[i] - beta @ st.mu[S])
 
 
 def replacement_matrix(m: Moments, targets, peer_sets, lam: float = LAM):
@@ -38,9 +58,10 @@ def replacement_matrix(m: Moments, targets, peer_sets, lam: float = LAM):
     targets = np.asarray(targets, np.intp)
     B = np.zeros((len(targets), m.n_channels), np.float32)
     b = np.zeros(len(targets), np.float32)
+    st = _Standardised(m)
     for k, (i, S) in enumerate(zip(targets, peer_sets)):
-        beta, b[k] = ridge_peers(m, int(i), S, lam)
-        S = np.asarray([p for p in np.asarray(S, np.intp).reshape(-1) if p >= 0 and p != i], np.intp)
+        S = _peer_set(int(i), S)
+        beta, b[k] = _ridge(st, int(i), S, lam)
         B[k, S] = beta
     return targets, B, b
 

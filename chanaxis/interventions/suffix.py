@@ -20,7 +20,10 @@ import torch.fx as fx
 from ..model import Layer
 
 
-def _apply_mask(t: torch.Tensor, mask: torch.Tensor, nhwc: bool) -> torch.Tensor:
+def _apply_mask(t: torch.Tensor, mask: torch.Tensor | None, nhwc: bool) -> torch.Tensor:
+    if mask is None:  # no lesion (replacement variants): x·1 = x exactly, so only the product's dtype is kept
+        dtype = torch.promote_types(t.dtype, torch.float32)
+        return t if t.dtype == dtype else t.to(dtype)
     k = mask.shape[0]
     s = t.shape
     shape = (k, 1, 1, 1, -1) if nhwc else (k, 1, -1, 1, 1)
@@ -136,8 +139,7 @@ class SuffixRunner:
         vals = [_repeat(v, k) for v in cache]
         if replace is not None:
             vals[self._cut_index] = replace(vals[self._cut_index], k)
-        m = mask if mask is not None else torch.ones(k, self.layer.c_out, device=self._device())
-        out = self._post(*vals, m)
+        out = self._post(*vals, mask)
         return out.reshape(k, -1, out.shape[-1])
 
     def _device(self):

@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import integrity, store
+from .. import integrity, precision, store
 from ..data import calibration_indices, load_dataset
 from ..errors import ChanaxisError
 from ..params import Params, param
 from ..sampling import reducer, spatial_positions
 from ..stage import Context, Stage, Unit, api, run_stage
+
+WRITE_AHEAD = 2  # chunks computed but not yet written: the writer absorbs a slow write without stalling compute
+
 
 def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """T = z[label] − max_{c≠label} z[c] (METHOD §1); NaN for a one-output model, where no other class exists and
@@ -45,7 +48,10 @@ class CaptureParams(Params):
     spatial_samples: int = param(16, "spatial positions sampled per image and layer (all when H·W is smaller)",
                                  "positions", ge=1)
     seed: int = param(0, "seed of the calibration subset and of the spatial positions")
-    dtype: str = param("float32", "storage type of the sampled activations", choices=("float32", "float16"))
+    dtype: str = param("float32", "storage type of the sampled activations (float16 halves the store; its effect on "
+                       "every metric is measured in bench/README.md)", choices=("float32", "float16"))
+    precision: str = param("fp32", "precision of the forward pass (bf16: autocast, torch models only)",
+                           choices=("fp32", "bf16"))
     chunk_images: int = param(128, "images per batch and per store chunk (one unit of work)", "images", ge=1,
                               aliases=("--batch-size",))
     split: str = param("train", "dataset split the calibration images come from")
@@ -100,7 +106,7 @@ class CaptureStage(Stage):
                         **({"path": str(Path(handle.card.search[0]).resolve())}
                            if handle.card.format == "imagefolder" else {})},
             "n_calibration": len(idx), "spatial_samples": p.spatial_samples, "seed": p.seed, "dtype": p.dtype,
-            "chunk_images": p.chunk_images, "layers": names, "target_mode": "match",
+            "chunk_images": p.chunk_images, "layers": names, "target_mode": "match", "precision": p.precision,
             **(ctx.inputs.get("extra_config") or {}),
         }
         if not Path(run).exists():  # refused before anything is written when the disk clearly lacks the space
@@ -128,24 +134,25 @@ class CaptureStage(Stage):
         return [Unit(f"chunk/{k}", k, work=min(n, (k + 1) * c) - k * c) for k in range(len(done)) if not done[k]]
 
     def run_unit(self, run, unit: Unit, ctx: Context) -> None:
-        """One chunk: its images through the model, their samples written while the next chunk computes."""
+        """One chunk: its images (loaded ahead by the loader's workers) through the model, their samples written
+        by a background thread while the next chunks compute."""
         st = ctx.memo(("capture", str(run)), lambda: _State(run, ctx, self.params))
         c = unit.data
         lo, hi = c * st.chunk, min(st.n, (c + 1) * st.chunk)
-        items = [st.handle.dataset[int(i)] for i in st.idx[lo:hi]]
-        x = torch.stack([it[0] for it in items])
-        y = torch.as_tensor([int(it[1]) for it in items])
+        x, y = st.images(c)
+        y = y.cpu()
         reducers = {l: reducer(st.pos_t[l][lo:hi]) for l in st.names}
-        logits, caps = st.model.run(x, capture=reducers)
+        with precision.autocast(st.precision, st.device, st.model):
+            logits, caps = st.model.run(x, capture=reducers)
         logits = torch.as_tensor(logits).float().cpu()
-        result = {l: (v[0].cpu().numpy().astype(st.np_dtype, copy=False), v[1].cpu().numpy())
+        # bf16 autocast leaves bfloat16 samples, which numpy cannot hold: cast where they are (the store's dtype)
+        result = {l: (v[0].to(st.torch_dtype).cpu().numpy(), v[1].float().cpu().numpy())
                   for l, v in caps.items()}
         _check_finite(result, logits, st, lo, hi)
         margin = logit_margin(logits, y).numpy()
         correct = (logits.argmax(1) == y).numpy()
-        st.wait()
-        st.pending = st.writer.submit(_write_chunk, st.arrays, st.samples, st.done_arr, c, lo, hi, st.positions,
-                                      result, y.numpy(), margin, correct, logits.numpy())
+        st.submit(_write_chunk, st.arrays, st.samples, st.done_arr, c, lo, hi, st.positions, result, y.numpy(),
+                  margin, correct, logits.numpy())
 
     def flush(self, run, ctx: Context) -> None:
         st = ctx.memo(("capture", str(run)), lambda: None)
@@ -206,9 +213,9 @@ def _check_finite(result: dict, logits: torch.Tensor, st, lo: int, hi: int) -> N
     where = f"calibration images {lo}–{hi - 1}"
     for name in st.names:
         local, gap = result[name]
-        # one float64 sum per array (no boolean temporaries on the hot path): finite exactly when every value is
+        # one sum per array (no boolean temporaries on the hot path): finite exactly when every value is
         finite_gap = np.isfinite(gap.sum(dtype=np.float64))
-        if not (finite_gap and np.isfinite(local.sum(dtype=np.float64))):
+        if not (finite_gap and _finite_sum(local)):
             if finite_gap and st.np_dtype == np.float16:
                 raise ChanaxisError(f"layer '{name}' has activations beyond float16's range (±65504) on {where}; "
                                     "capture with --dtype float32")
@@ -217,6 +224,14 @@ def _check_finite(result: dict, logits: torch.Tensor, st, lo: int, hi: int) -> N
     if not torch.isfinite(logits).all():
         raise ChanaxisError(f"the model's logits are NaN or infinite on {where} (the analysed layers are finite: "
                             "the classifier head is not); check the checkpoint")
+
+
+def _finite_sum(a: np.ndarray) -> bool:
+    """Whether every value of `a` is finite, from one sum: float32 summed in float64, float16 in float32 by torch
+    (numpy's float16 → float64 sum is 5× slower; finite float16 values, |x| ≤ 65504, cannot overflow float32)."""
+    if a.dtype == np.float16:
+        return bool(torch.isfinite(torch.from_numpy(a).sum(dtype=torch.float32)))
+    return bool(np.isfinite(a.sum(dtype=np.float64)))
 
 
 def _dataset(ctx: Context, model, p: CaptureParams):
@@ -244,25 +259,53 @@ class _State:
         s = {l: int(grp[store.layer_node(l)].attrs["samples_per_image"]) for l in self.names}
         self.positions = {l: np.asarray(grp[store.layer_array(l, "position")][...]).reshape(self.n, s[l])
                           for l in self.names}
-        device = getattr(self.model, "device", "cpu")
+        device = self.device = getattr(self.model, "device", "cpu")
+        self.precision = store.run_config(grp).get("precision", "fp32")
+        self.loader = ctx.loader(self.handle.dataset)
+        self.stream, self.next_chunk = None, None
         self.pos_t = {l: torch.as_tensor(v, dtype=torch.long, device=device) for l, v in self.positions.items()}
-        self.arrays = {l: (grp[store.layer_array(l, "local")], grp[store.layer_array(l, "gap")],
+        self.arrays = {l: (_written_whole(grp[store.layer_array(l, "local")]),
+                           _written_whole(grp[store.layer_array(l, "gap")]),
                            grp[store.layer_array(l, integrity.CRC)]) for l in self.names}
-        self.samples = {k: grp[store.samples_array(k)] for k in ("label", "margin", "correct", "logits")}
+        self.samples = {k: _written_whole(grp[store.samples_array(k)])
+                        for k in ("label", "margin", "correct", "logits")}
         self.samples["crc"] = grp[store.samples_array(integrity.CRC)]
         self.done_arr = grp[store.samples_array("chunk_done")]
         self.np_dtype = np.float16 if store.run_config(grp)["dtype"] == "float16" else np.float32
+        self.torch_dtype = torch.float16 if self.np_dtype == np.float16 else torch.float32
         self.writer = ThreadPoolExecutor(max_workers=1)
-        self.pending = None
+        self.pending: list = []
+
+    def images(self, c: int):
+        """Chunk `c`'s images and labels: the next item of the running stream of chunks (its later chunks load in
+        the workers meanwhile); a stream restarts at `c` when the units come out of order (resume, a cluster)."""
+        if self.next_chunk != c:
+            self.stream = self.loader.batches(self.idx[c * self.chunk:], self.chunk)
+        self.next_chunk = c + 1
+        return next(self.stream)
+
+    def submit(self, fn, *args) -> None:
+        """Queue a chunk's writes; compute waits only when WRITE_AHEAD chunks are already waiting to be written."""
+        while len(self.pending) >= WRITE_AHEAD:
+            self.pending.pop(0).result()
+        self.pending.append(self.writer.submit(fn, *args))
 
     def wait(self) -> None:
-        if self.pending is not None:
-            self.pending.result()
-            self.pending = None
+        while self.pending:
+            self.pending.pop(0).result()
+
+
+def _written_whole(arr):
+    """`arr` writing every chunk it is given: zarr otherwise scans each chunk for "all equal to the fill value" (a
+    full extra pass over the data, as much CPU as the write itself) to skip writing it. The values stored are the
+    same either way (a skipped chunk reads as its fill value, 0); only an all-zero chunk now has its file."""
+    with_config = getattr(arr, "with_config", None)
+    return with_config({"write_empty_chunks": True}) if with_config is not None else arr
 
 
 def capture(model, dataset, out, *, overwrite: bool = False, progress: bool = True, extra_config: dict | None = None,
-            data_root: str | None = None, device: str = "cpu", **params) -> str:
+            data_root: str | None = None, device: str = "cpu", loader_workers: int | None = None,
+            scheduler=None, workers: int | None = None, **params) -> str:
     """Capture `model` (a `Model`, or a name/path any adapter opens) on a calibration subset of `dataset` into the
     run store at `out`; resumable; returns the store's path."""
     stage = CaptureStage(**params)
@@ -270,6 +313,7 @@ def capture(model, dataset, out, *, overwrite: bool = False, progress: bool = Tr
         from ..reload import model_for_dataset
         model = model_for_dataset(model, dataset, device=device)
     ctx = Context(device=getattr(model, "device", device), progress=progress, model=model, data_root=data_root,
+                  loader_workers=loader_workers, scheduler=scheduler, workers=workers,
                   dataset=dataset, overwrite=overwrite, extra_config=extra_config)
     return run_stage(stage, out, ctx)
 

@@ -1,7 +1,7 @@
 """The metrics stage: METHOD §2–4 over a run store, written to `/metrics` and `/structure`.
 
-Layer moments are chunked dask reductions over `/layers/<layer>/local` (so they run threaded, or on a
-dask.distributed cluster when a scheduler address is given); everything after that works on C×C matrices.
+Layer moments are chunked dask reductions over `/layers/<layer>/local` (threaded in-process; with a cluster each
+layer is one task and its reduction runs inside it); everything after that works on C×C matrices.
 Each layer's results are written to `/metrics_parts/<layer>` as soon as they exist, so a killed run resumes at the
 first unfinished layer; `/metrics` is assembled from the parts at the end.
 """
@@ -116,7 +116,7 @@ class MetricsParams(Params):
 class MetricsStage(Stage):
     """The two axes (METHOD §2–3), one unit per layer, then the structure analyses and geometry (§4) in `finish`.
 
-    `ctx.inputs`: `scheduler` (a dask.distributed address) and `workers` (threads) for the layer reductions."""
+    With a cluster (`Context(scheduler=…)`/`workers=N`) each layer unit is one task; its reduction stays local."""
 
     name = "metrics"
     needs = ("capture",)
@@ -200,11 +200,12 @@ class MetricsStage(Stage):
 
 
 def metrics(run, *, scheduler: str | None = None, workers: int | None = None, progress: bool = True, model=None,
-            device: str = "cpu", overwrite: bool = False, **params) -> str:
+            device: str = "cpu", overwrite: bool = False, loader_workers: int | None = None, **params) -> str:
     """Fill `/metrics` and `/structure` of the run store at `run` (resumable); returns its path. `model`: the
     store's model when the store cannot rebuild it (an nn.Module); the gradient-geometry pass runs on it."""
     stage = MetricsStage(**params)
     ctx = Context(device=device, progress=progress, model=model, scheduler=scheduler, workers=workers,
+                  loader_workers=loader_workers,
                   overwrite=overwrite)
     return run_stage(stage, run, ctx)
 
@@ -217,14 +218,11 @@ def _layers(grp) -> list[str]:
 
 
 def _scheduler(ctx: Context):
-    address, workers = ctx.inputs.get("scheduler"), ctx.inputs.get("workers")
-    if address:
-        try:
-            from dask.distributed import Client
-        except ImportError:
-            raise ChanaxisError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
-        return Client(address)
-    return "threads" if workers is None or workers > 1 else "synchronous"
+    """The dask scheduler of a layer's chunked reductions: always local. With a cluster (`scheduler=`/`workers=`)
+    each layer is already one task on a worker, so the reduction runs serially inside it; in-process it uses
+    threads."""
+    from ..distributed import in_worker
+    return "synchronous" if in_worker() else "threads"
 
 
 def _write_part(grp, name, res, m):
@@ -420,4 +418,4 @@ def _geometry(run, grp, layers, p, ctx: Context, bar):
         return None, f"skipped ({e})"
     if "gradients" not in getattr(model, "capabilities", ()) or not hasattr(model, "module"):
         return None, "skipped (model without gradients)"
-    return geometry_pass(run, grp, layers, p, model, bar), "computed"
+    return geometry_pass(run, grp, layers, p, model, bar, loader_for=ctx.loader), "computed"

@@ -211,16 +211,18 @@ class TrajectoryStage(Stage):
                                             chunk_images=p.chunk_images)
             stages.run_stage(capture, path, Context(
                 device=ctx.device, progress=ctx.progress, model=model, data_root=job.root, dataset=job.opts["dataset"],
+                loader_workers=ctx.loader_workers,
                 extra_config={"trajectory": {"epoch": c.epoch, "checkpoint": str(c.path.resolve())}}))
             metrics = stages.get("metrics")(only=("local", "target"), **job.opts["metrics_params"])
-            stages.run_stage(metrics, path, Context(device=ctx.device, progress=ctx.progress, model=model))
+            stages.run_stage(metrics, path, Context(device=ctx.device, progress=ctx.progress, model=model,
+                                                    loader_workers=ctx.loader_workers))
             g = store.open_group(path, mode="r+")
             g.attrs.update({"checkpoint_sha256": sha, "trajectory_options": job.opts})
             store.set_status(g, STAGE, "done")
         if self.geometry_due(job.work, c):
             with contextlib.nullcontext(ctx.bar) if ctx.bar is not None else progress_bar(ctx.progress) as bar:
                 _geometry(path, store.open_group(path, mode="r+"), model or job.model_at(c), p.geometry_images,
-                          bar)
+                          bar, ctx.loader_workers)
 
     def finish(self, run, ctx: Context) -> str:
         job = self.job(run, ctx)
@@ -308,7 +310,8 @@ def _checkpoint_done(c: Checkpoint, path: Path, opts: dict) -> bool:
 
 
 def trajectory(run_dir: str | Path, dataset: str | None = None, out: str | Path | None = None, model=None, *,
-               device: str = "cpu", progress: bool = True, root: str | None = None, **params) -> str:
+               device: str = "cpu", progress: bool = True, root: str | None = None,
+               loader_workers: int | None = None, scheduler=None, workers: int | None = None, **params) -> str:
     """Capture + local/target metrics at every checkpoint of `run_dir`, assembled into one store; returns its path.
 
     run_dir: a `chanaxis train` run (its manifest names model, dataset and checkpoints) or a folder of state dicts
@@ -318,6 +321,7 @@ def trajectory(run_dir: str | Path, dataset: str | None = None, out: str | Path 
     stage = TrajectoryStage(**params)
     out = Path(out) if out is not None else Path(run_dir) / "trajectory.zarr"
     ctx = Context(device=device, progress=progress, data_root=root, run_dir=run_dir, dataset=dataset,
+                  loader_workers=loader_workers, scheduler=scheduler, workers=workers,
                   model_spec=model)
     return run_stage(stage, out, ctx)
 
@@ -325,11 +329,11 @@ def trajectory(run_dir: str | Path, dataset: str | None = None, out: str | Path 
 api(TrajectoryStage, trajectory)
 
 
-def _geometry(path: Path, g, model, n_images: int, bar) -> None:
+def _geometry(path: Path, g, model, n_images: int, bar, workers: int | None = None) -> None:
     """Per-channel grad_cos (METHOD §4) into ``/trajectory_geometry`` (NaN when the model has no gradients)."""
     from ..geometry import geometry_pass
     layers = [str(x) for x in np.asarray(g[f"{store.GRAPH}/layer"][...])]
-    res = geometry_pass(path, g, layers, {"geometry_images": n_images}, model, bar)
+    res = geometry_pass(path, g, layers, {"geometry_images": n_images}, model, bar, workers=workers)
     n_units = sum(int(g[store.layer_node(l)].attrs["c_out"]) for l in layers)
     values = np.full(n_units, np.nan) if res is None else np.concatenate([np.asarray(res[l], np.float64)
                                                                          for l in layers])

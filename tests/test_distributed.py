@@ -1,0 +1,178 @@
+"""Stages' units as tasks of a real dask.distributed cluster (worker processes, not threads).
+
+On a tiny model: capture with `workers=2` equals the in-process run bit for bit; metrics, lesion and pruning on a
+cluster equal in-process to 1e-10; a worker SIGKILLed in the middle of a unit still ends equal; a unit already done
+is never submitted again.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import chanaxis
+from chanaxis import distributed as D
+from chanaxis import stage as S
+
+distributed = pytest.importorskip("distributed")
+
+MODEL = {"num_classes": 10, "image_size": 32, "init_seed": 0}
+CAPTURE = {"n_calibration": 48, "chunk_images": 16}
+METRICS = {"n_null": 1, "n_perm": 10, "n_triplets": 50, "geometry_images": 16}
+LESION = {"fraction": 0.1, "eval_images": 24, "batch_size": 64}
+PRUNE = {"methods": ["input_capture", "random"], "levels": [0.3], "seeds": [1, 2], "finetune_epochs": 1,
+         "finetune_batches": 1, "eval_images": 24, "batch_size": 16, "taylor_images": 16, "n_resamples": 50}
+
+
+def _model():
+    return chanaxis.load_model("test_resnet", **MODEL)
+
+
+def _arrays(path: Path, nodes: list[str]) -> dict:
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+    for node in nodes:
+        if node not in root:
+            continue
+        g = root[node]
+        items = [(node, g)] if isinstance(g, zarr.Array) else [(f"{node}/{k}", a) for k, a in g.arrays()]
+        for name, a in items:
+            out[name] = np.asarray(a[...])
+        if isinstance(g, zarr.Group):
+            for k, _sub in g.groups():
+                out.update(_arrays(path, [f"{node}/{k}"]))
+    return out
+
+
+def _differences(a: dict, b: dict, atol: float = 1e-10) -> list[str]:
+    out = [f"only in one: {k}" for k in sorted(set(a) ^ set(b))]
+    for k in sorted(set(a) & set(b)):
+        x, y = a[k], b[k]
+        if x.dtype.kind in "OUSTbiu" or atol == 0:
+            same = x.shape == y.shape and np.array_equal(x, y, equal_nan=x.dtype.kind == "f")
+        else:
+            same = x.shape == y.shape and np.allclose(x, y, rtol=0, atol=atol, equal_nan=True)
+        if not same:
+            out.append(k)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One real LocalCluster of 2 single-threaded worker processes for the module."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    """In-process references: a capture, then metrics on a copy of it."""
+    root = tmp_path_factory.mktemp("dist")
+    cap = root / "captured.zarr"
+    chanaxis.capture(_model(), "synthetic", cap, progress=False, **CAPTURE)
+    meas = root / "measured.zarr"
+    shutil.copytree(cap, meas)
+    chanaxis.metrics(meas, progress=False, **METRICS)
+    return {"captured": cap, "measured": meas}
+
+
+def test_capture_with_two_workers_equals_in_process_bit_for_bit(bases, tmp_path):
+    out = tmp_path / "run.zarr"
+    chanaxis.capture(_model(), "synthetic", out, progress=False, workers=2, **CAPTURE)
+    diff = _differences(_arrays(bases["captured"], ["samples", "layers"]), _arrays(out, ["samples", "layers"]),
+                        atol=0)
+    assert not diff, diff
+
+
+def test_metrics_on_a_cluster_equals_in_process(bases, client, tmp_path):
+    run = tmp_path / "run.zarr"
+    shutil.copytree(bases["captured"], run)
+    chanaxis.metrics(run, progress=False, scheduler=client, **METRICS)
+    nodes = ["metrics", "structure", "metrics_parts"]
+    diff = _differences(_arrays(bases["measured"], nodes), _arrays(run, nodes))
+    assert not diff, diff
+
+
+def test_lesion_on_a_cluster_equals_in_process(bases, client, tmp_path):
+    ref, run = tmp_path / "ref.zarr", tmp_path / "run.zarr"
+    shutil.copytree(bases["measured"], ref)
+    shutil.copytree(bases["measured"], run)
+    chanaxis.lesion(ref, progress=False, **LESION)
+    chanaxis.lesion(run, progress=False, scheduler=client, **LESION)
+    diff = _differences(_arrays(ref, ["lesion"]), _arrays(run, ["lesion"]))
+    assert not diff, diff
+    # the model was built once per worker and run (its context cached), not once per task
+    counts = client.run(D.worker_contexts)
+    assert all(n <= 1 for n in counts.values()), counts
+
+
+def _kill_a_worker_mid_unit(client, prefix: str, killed: list, stop: threading.Event):
+    """SIGKILL the process of the first worker seen processing a task whose key starts with `prefix`."""
+    pids = client.run(os.getpid)
+    while not stop.is_set():
+        for addr, keys in client.processing().items():
+            if any(str(k).startswith(prefix) for k in keys) and addr in pids:
+                time.sleep(0.3)  # well inside the unit
+                os.kill(pids[addr], signal.SIGKILL)
+                killed.append(addr)
+                return
+        time.sleep(0.05)
+
+
+def test_prune_on_a_cluster_with_a_worker_killed_mid_unit_equals_in_process(bases, client, tmp_path):
+    ref, run = tmp_path / "ref.zarr", tmp_path / "run.zarr"
+    shutil.copytree(bases["measured"], ref)
+    shutil.copytree(bases["measured"], run)
+    chanaxis.prune(ref, progress=False, **PRUNE)
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=_kill_a_worker_mid_unit, args=(client, "prune-", killed, stop), daemon=True)
+    killer.start()
+    try:
+        chanaxis.prune(run, progress=False, scheduler=client, **PRUNE)
+    finally:
+        stop.set()
+        killer.join(5)
+    assert killed, "no worker was killed: the test did not exercise a fault"
+    diff = _differences(_arrays(ref, ["pruning"]), _arrays(run, ["pruning"]))
+    assert not diff, diff
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker for the next tests
+
+
+def test_done_units_are_never_submitted(bases, client, tmp_path, monkeypatch):
+    run = tmp_path / "run.zarr"
+    shutil.copytree(bases["captured"], run)
+    stage = S.get("metrics")(**METRICS)
+    ctx = S.Context(progress=False)
+    stage.prepare(run, ctx)
+    first, *rest = stage.units(run)
+    stage.run_unit(run, first, ctx)           # one layer done in-process, as a killed driver would leave it
+    submitted = []
+    real = D.run_units
+
+    def spy(stage, run, ctx, units, *a, **k):
+        submitted.extend(u.key for u in units)
+        return real(stage, run, ctx, units, *a, **k)
+    monkeypatch.setattr(D, "run_units", spy)
+    chanaxis.metrics(run, progress=False, scheduler=client, **METRICS)
+    assert first.key not in submitted and sorted(submitted) == sorted(u.key for u in rest)
+    nodes = ["metrics", "structure", "metrics_parts"]
+    diff = _differences(_arrays(bases["measured"], nodes), _arrays(run, nodes))
+    assert not diff, diff
+
+
+def test_without_a_cluster_nothing_changes(monkeypatch, bases, tmp_path):
+    monkeypatch.setattr(D, "run_units", lambda *a, **k: pytest.fail("a cluster was used"))
+    run = tmp_path / "run.zarr"
+    shutil.copytree(bases["captured"], run)
+    chanaxis.metrics(run, progress=False, workers=1, **METRICS)
+    assert S.Context(workers=1).cluster() is None and S.Context().cluster() is None
