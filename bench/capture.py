@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader import cpu_seconds, cpu_share_note  # noqa: E402  (bench/loader.py)
+from loader import cpu_seconds, cpu_share_note
 
 
 def timed(fn, n: int):
@@ -66,7 +66,8 @@ def plain_forward(model, xs):
 
 def model_pass(model, xs, n):
     """model.run with capture's own reducers, no store: the compute side of a capture."""
-    from chanaxis.sampling import reducer as _reducer, spatial_positions
+    from chanaxis.sampling import reducer as _reducer
+    from chanaxis.sampling import spatial_positions
     g = model.graph
     pos = {l: torch.as_tensor(spatial_positions(n, int(np.prod(g[l].out_hw)), 16, 0, g[l].depth)) for l in g.names}
     lo = 0
@@ -137,12 +138,15 @@ def runs_text(xs, fmt="{:.2f}"):
 
 
 def rss_child(n: int, model: str, out: str) -> None:
+    import gc
     import resource
 
     import chanaxis
     m = chanaxis.load_model(model, num_classes=10, image_size=32)
     chanaxis.capture(m, "fashion-mnist", out, n_calibration=n, chunk_images=128, progress=False)
-    print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    gc.collect()  # the capture's loader goes, its worker processes are joined (and counted below)
+    print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
 def bench_32(a, tmp) -> None:
@@ -165,11 +169,11 @@ def bench_32(a, tmp) -> None:
                for d in dtypes}
         for r in range(a.repeats):
             wr.append(write_bandwidth(tmp))
-            f, fc, _ = timed(lambda: plain_forward(model, xs), n)
+            f, fc, _ = timed(lambda m=model: plain_forward(m, xs), n)
             fw.append(f)
             fwc.append(fc)
             if not a.no_model_pass:
-                mp.append(timed(lambda: model_pass(model, xs, n), n)[0])
+                mp.append(timed(lambda m=model: model_pass(m, xs, n), n)[0])
             for d in (dtypes if r % 2 == 0 else dtypes[::-1]):
                 c, cs, cc, disk = capture_run(model, handle, n, batch, tmp, d, loader_workers=a.loader_workers)
                 w = wr[-1] * 1e6 / per_image[d]
@@ -192,20 +196,23 @@ def bench_32(a, tmp) -> None:
     if a.no_rss:
         return
     sizes = (500, 5000) if a.quick else (1000, 20000)
-    res = {}
+    res, wres = {}, {}
     for s in sizes:
         r = subprocess.run([sys.executable, __file__, "--rss-child", str(s), "mobilenetv2_100",
                             str(Path(tmp) / f"rss{s}.zarr")], capture_output=True, text=True, check=True)
-        res[s] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        res[s], wres[s] = got["peak_rss_mb"], got["worker_peak_rss_mb"]
         shutil.rmtree(Path(tmp) / f"rss{s}.zarr")
     print(f"peak RSS of a capture (mobilenetv2_100, 32 px): {sizes[0]} images {res[sizes[0]]:.0f} MB, "
-          f"{sizes[1]} images {res[sizes[1]]:.0f} MB, ratio {res[sizes[1]] / res[sizes[0]]:.3f}")
+          f"{sizes[1]} images {res[sizes[1]]:.0f} MB, ratio {res[sizes[1]] / res[sizes[0]]:.3f}; largest loader "
+          f"worker {wres[sizes[0]]:.0f} MB and {wres[sizes[1]]:.0f} MB (shared pages of the parent counted in both)")
 
 
 def bench_224(a, tmp) -> None:
+    from loader import jpeg_handle, loader_speed
+
     import chanaxis
     from chanaxis.data.loader import Loader
-    from loader import jpeg_handle, loader_speed
     n, batch, med = a.images, a.batch or 32, statistics.median
     handle = jpeg_handle(a.data_root, n) if a.make_folder else chanaxis.load_dataset(
         a.dataset, root=a.data_root)
@@ -225,7 +232,7 @@ def bench_224(a, tmp) -> None:
             sides = ["forward", "loader", "capture"]
             for side in sides[r % 3:] + sides[:r % 3]:
                 if side == "forward":
-                    f, fc, _ = timed(lambda: plain_forward(model, xs), n)
+                    f, fc, _ = timed(lambda m=model: plain_forward(m, xs), n)
                     fw.append(f)
                     fwc.append(fc)
                 elif side == "loader":

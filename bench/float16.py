@@ -86,8 +86,9 @@ def compare_samples(p32: str, p16: str) -> None:
 
 
 def compare_metrics(p32: str, p16: str) -> None:
-    import chanaxis
     from sklearn.metrics import adjusted_rand_score
+
+    import chanaxis
     t32, t16 = chanaxis.open_run(p32), chanaxis.open_run(p16)
     m32, m16 = t32["metrics"].to_dataset().load(), t16["metrics"].to_dataset().load()
     layers = np.array([str(v) for v in m32["layer"].values])
@@ -112,7 +113,7 @@ def compare_metrics(p32: str, p16: str) -> None:
             aris = [adjusted_rand_score(a[layers == l], b[layers == l]) for l in names]
             print(f"  {k:16s} {'group':16s} {'':>10s} {'':>12s} {'':>9s} {'':>12s}  ARI float16 vs float32: "
                   f"min {min(aris):.3f}, mean {np.mean(aris):.3f} over layers; labels differ for "
-                  f"{(a != b).mean():.1%}")
+                  f"{(a != b).mean():.1%} of channels ({int((a != b).sum())})")
         else:
             diff = (a != b).any(axis=tuple(range(1, a.ndim))) if a.ndim > 1 else (a != b)
             extra = ""
@@ -127,7 +128,7 @@ def compare_metrics(p32: str, p16: str) -> None:
         a, b = np.asarray(s32[k].values, np.float64), np.asarray(s16[k].values, np.float64)
         dev, nonfin = max_dev(a, b)
         scale = float(np.nanmax(np.abs(a))) if np.isfinite(a).any() else float("nan")
-        print(f"  {k:22s} {str(s32[k].attrs.get('units', '')):10s} {str(s32[k].dims):28s} {fmt(dev):>10s} "
+        print(f"  {k:22s} {s32[k].attrs.get('units', '')!s:10s} {s32[k].dims!s:28s} {fmt(dev):>10s} "
               f"{fmt(scale):>12s}" + (f"  ({nonfin} entries finite in one store only)" if nonfin else ""))
 
 
@@ -142,10 +143,10 @@ def main() -> None:
     a = ap.parse_args()
     import chanaxis
     torch.set_num_threads(a.threads)
-    t = {"train": time.perf_counter()}
+    t = {"model load + train": time.perf_counter()}
     model = chanaxis.load_model(a.model, num_classes=10, image_size=32)
     train_briefly(model, a.train_steps)
-    t["train"] = time.perf_counter() - t["train"]
+    t["model load + train"] = time.perf_counter() - t["model load + train"]
     tmp = tempfile.mkdtemp(dir=a.dir)
     paths = {}
     for dtype in ("float32", "float16"):

@@ -69,8 +69,9 @@ def loader_speed(loader, idx, batch: int) -> tuple[float, float]:
 
 def jpeg_handle(root: str | Path, images: int):
     """The `imagenet100` training split of a generated folder under `root` holding at least `images` images."""
-    import chanaxis
     from jpeg_folder import make
+
+    import chanaxis
     make(root, per_class=max(1, -(-images // 100)), classes=100, val_per_class=1)
     return chanaxis.load_dataset("imagenet100", root=str(root))
 
