@@ -17,9 +17,7 @@ Fine-tune side: `chanaxis.interventions.finetune.finetune` (1 epoch, `--steps` b
 training images through a `Loader`, a magnitude plan at `--level` channel sparsity), work = 3 × *full* forward MACs ×
 images (the masked network computes every MAC of the unpruned one: zeros are multiplied too), so the deepcopy, the
 loader and re-zeroing the pruned entries after every step (`PrunedZeros`) count as overhead. Plain side: forward + cross-entropy + backward + Adam step of a copy of the
-unpruned module on the same batches held in memory (no loading), 3 × forward MACs × images ÷ s. Each `finetune`
-call also copies the model and allocates Adam's state: with `--steps 3` that one-off cost weighs on 3 steps (the
-quick preset runs 40 per call, the paper preset 200), so the default understates the study's ratio slightly.
+unpruned module on the same batches held in memory (no loading), 3 × forward MACs × images ÷ s.
 
 Roofline: the plain pass of the same model at the same batch on the same threads — what torch's CPU kernels reach here;
 the goal is ratio ≥ 0.8 for both.

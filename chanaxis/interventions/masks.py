@@ -134,13 +134,12 @@ class PrunedZeros:
     every silenced output channel, and the input slices that consumers read from dead channels.
 
     The indices are derived once, on the parameters' devices; each call then writes the zeros (and BN's unit
-    variances) with one in-place op per tensor, touching only the pruned slices (grouped convs: one masked fill), so
-    fine-tuning can re-apply it after every step at no real cost. Build it once the module is on its device."""
+    variances) with one in-place op per tensor, so fine-tuning can re-apply it after every step at no real cost."""
 
     def __init__(self, module: nn.Module, graph: LayerGraph, eff: Effective):
         mods = dict(module.named_modules())
-        self._fills: list[tuple[torch.Tensor, int, torch.Tensor, float]] = []  # (tensor, dim, index, value)
-        self._masked: list[tuple[torch.Tensor, torch.Tensor]] = []  # grouped convs: (weight, bool (out, in/g, 1…))
+        self._fills: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (tensor, output rows, value)
+        self._masked: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, bool mask over (out, in/g, 1…))
         for name, keep in eff.out_keep.items():
             drop = np.flatnonzero(~keep)
             if drop.size == 0:
@@ -163,26 +162,21 @@ class PrunedZeros:
             w = m.weight  # conv (out, in/g, kh, kw) or linear (out, in)
             groups = getattr(m, "groups", 1)
             in_per, out_per = w.shape[1], w.shape[0] // groups
-            if groups == 1:  # dead input c: the slice w[:, c]
-                self._fill(w, dead, 0.0, dim=1)
-            elif in_per == 1:  # depthwise: dead input c feeds outputs c·out_per … (c+1)·out_per − 1 alone
-                self._fill(w, (dead[:, None] * out_per + np.arange(out_per)).reshape(-1), 0.0)
-            else:  # grouped: input c reaches the outputs of its group, at its slot in the group
-                hit = np.zeros(w.shape[:2], bool)
-                for c in dead:
-                    g = c // in_per
-                    hit[g * out_per:(g + 1) * out_per, c % in_per] = True
-                self._masked.append((w, torch.as_tensor(hit, device=w.device).reshape(*hit.shape,
-                                                                                      *([1] * (w.ndim - 2)))))
+            hit = np.zeros(w.shape[:2], bool)
+            for c in dead:  # input channel c reaches only the outputs of its group, at its slot in the group
+                g = c // in_per
+                hit[g * out_per:(g + 1) * out_per, c % in_per] = True
+            mask = torch.as_tensor(hit, device=w.device).reshape(*hit.shape, *([1] * (w.ndim - 2)))
+            self._masked.append((w, mask))
 
-    def _fill(self, t, index: np.ndarray, value: float, dim: int = 0) -> None:
+    def _fill(self, t, rows: np.ndarray, value: float) -> None:
         if t is not None:
-            self._fills.append((t, dim, torch.as_tensor(index, dtype=torch.long, device=t.device), value))
+            self._fills.append((t, torch.as_tensor(rows, dtype=torch.long, device=t.device), value))
 
     @torch.no_grad()
     def __call__(self) -> None:
-        for t, dim, index, value in self._fills:
-            t.index_fill_(dim, index, value)
+        for t, rows, value in self._fills:
+            t.index_fill_(0, rows, value)
         for w, mask in self._masked:
             w.masked_fill_(mask, 0.0)
 

@@ -32,12 +32,8 @@ def _apply_mask(t: torch.Tensor, mask: torch.Tensor | None, nhwc: bool) -> torch
 
 
 def _repeat(v, k: int):
-    """v stacked k times along the batch, always a copy (even for k = 1: the suffix's in-place ops, ReLU and +=,
-    must never touch the cache), in v's memory format (channels_last stays channels_last, as in the full forward,
-    whereas Tensor.repeat would hand the suffix a contiguous tensor)."""
-    if not isinstance(v, torch.Tensor):
-        return v
-    return torch.cat([v] * k) if v.ndim else v.repeat(k)
+    # repeat copies even for k = 1: the suffix's in-place ops (ReLU, +=) must never touch the cache
+    return v.repeat(k, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) else v
 
 
 _TRACES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
