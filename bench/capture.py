@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -78,15 +77,14 @@ def model_pass(model, xs, n):
 
 def write_bandwidth(tmp, total_mb=512, block_mb=8):
     """Buffered write speed of the store's folder in MB/s: `total_mb` of random float32 in `block_mb` files (a
-    capture's chunks are files of this order), written the way zarr writes chunks (one file each), then removed."""
-    d = Path(tmp) / "bandwidth"
-    d.mkdir()
+    capture's chunks are files of this order), written the way zarr writes chunks (one file each) into a temporary
+    folder inside `tmp`, removed after."""
     block = np.random.default_rng(0).standard_normal(block_mb * 2 ** 18).astype(np.float32).tobytes()
-    t = time.perf_counter()
-    for i in range(total_mb // block_mb):
-        (d / f"{i}").write_bytes(block)
-    speed = total_mb * 2 ** 20 / 1e6 / (time.perf_counter() - t)
-    shutil.rmtree(d)
+    with tempfile.TemporaryDirectory(dir=tmp, prefix="bandwidth-") as d:
+        t = time.perf_counter()
+        for i in range(total_mb // block_mb):
+            (Path(d) / f"{i}").write_bytes(block)
+        speed = total_mb * 2 ** 20 / 1e6 / (time.perf_counter() - t)
     return speed
 
 
@@ -121,6 +119,7 @@ def capture_run(model, dataset, n, batch, tmp, dtype, loader_workers=None):
     """The whole `chanaxis.capture`; the store is removed afterwards so that old runs' dirty pages do not slow the
     next one. Returns (images/s, steady-state images/s, cores used, bytes on disk per image)."""
     import chanaxis
+    from chanaxis.safety import remove_store
     out = Path(tmp) / f"c{time.perf_counter_ns()}.zarr"
     with unit_clock() as ends:
         speed, cores, _ = timed(lambda: chanaxis.capture(model, dataset, out, n_calibration=n, chunk_images=batch,
@@ -129,7 +128,7 @@ def capture_run(model, dataset, n, batch, tmp, dtype, loader_workers=None):
         done = time.perf_counter()
     steady = (n - min(n, batch)) / (done - ends[0]) if len(ends) > 1 else float("nan")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    shutil.rmtree(out)
+    remove_store(out)  # proves it is the chanaxis store just made, holding only its own files
     return speed, steady, cores, size / n
 
 
@@ -195,6 +194,7 @@ def bench_32(a, tmp) -> None:
                   f"1/(1/forward + 1/write bound) {med(c['serial']):.2f}", flush=True)
     if a.no_rss:
         return
+    from chanaxis.safety import remove_store
     sizes = (500, 5000) if a.quick else (1000, 20000)
     res, wres = {}, {}
     for s in sizes:
@@ -202,7 +202,7 @@ def bench_32(a, tmp) -> None:
                             str(Path(tmp) / f"rss{s}.zarr")], capture_output=True, text=True, check=True)
         got = json.loads(r.stdout.strip().splitlines()[-1])
         res[s], wres[s] = got["peak_rss_mb"], got["worker_peak_rss_mb"]
-        shutil.rmtree(Path(tmp) / f"rss{s}.zarr")
+        remove_store(Path(tmp) / f"rss{s}.zarr")
     print(f"peak RSS of a capture (mobilenetv2_100, 32 px): {sizes[0]} images {res[sizes[0]]:.0f} MB, "
           f"{sizes[1]} images {res[sizes[1]]:.0f} MB, ratio {res[sizes[1]] / res[sizes[0]]:.3f}; largest loader "
           f"worker {wres[sizes[0]]:.0f} MB and {wres[sizes[1]]:.0f} MB (shared pages of the parent counted in both)")

@@ -42,10 +42,13 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     a = ap.parse_args(argv)
     from chanaxis.interventions.prune import PruneStage
+    from chanaxis.safety import remove_store
     from chanaxis.stages.capture import CaptureStage
     from chanaxis.stages.metrics import MetricsStage
 
-    work = Path(tempfile.mkdtemp(prefix="chanaxis-bench-dist-"))
+    # --keep: a folder of its own, left in place (printed); else a temporary one, removed at the end
+    tmp = None if a.keep else tempfile.TemporaryDirectory(prefix="chanaxis-bench-dist-", ignore_cleanup_errors=True)
+    work = Path(tmp.name) if tmp else Path(tempfile.mkdtemp(prefix="chanaxis-bench-dist-"))
     dataset = "synthetic" if a.tiny else "fashion-mnist"
     size = {"num_classes": 10, "image_size": 32, "init_seed": 0}
     cap = CaptureStage.preset("quick").to_dict()
@@ -82,7 +85,7 @@ def main(argv=None) -> None:
         from distributed import Client, LocalCluster, as_completed, get_task_stream
         with LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
                           dashboard_address=":0") as cluster, Client(cluster) as client:
-            shutil.rmtree(p1)
+            remove_store(p1)  # proves it is the chanaxis store pruned above, holding only its own files
             shutil.copytree(base, p1)
             client.run(lambda: __import__("chanaxis.interventions.prune"))  # imports are not a unit's time
             t = time.perf_counter()
@@ -107,10 +110,10 @@ def main(argv=None) -> None:
               f"{one * 1e3:.1f} ms alone, {batch * 1e3:.1f} ms per worker in a batch → overhead "
               f"{one / mean_unit * 100:.2f} % of a unit (goal < 5 %)")
     finally:
-        if a.keep:
+        if tmp is None:
             print(f"kept {work}")
         else:
-            shutil.rmtree(work, ignore_errors=True)
+            tmp.cleanup()
 
 
 if __name__ == "__main__":

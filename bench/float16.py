@@ -19,7 +19,7 @@ deviation is of the order of the null's own s.d.).
 from __future__ import annotations
 
 import argparse
-import shutil
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -147,25 +147,25 @@ def main() -> None:
     model = chanaxis.load_model(a.model, num_classes=10, image_size=32)
     train_briefly(model, a.train_steps)
     t["model load + train"] = time.perf_counter() - t["model load + train"]
-    tmp = tempfile.mkdtemp(dir=a.dir)
-    paths = {}
-    for dtype in ("float32", "float16"):
-        t0 = time.perf_counter()
-        paths[dtype] = chanaxis.capture(model, "fashion-mnist", Path(tmp) / f"{dtype}.zarr", n_calibration=a.images,
-                                        dtype=dtype, progress=False)
-        t1 = time.perf_counter()
-        chanaxis.metrics(paths[dtype], model=model, progress=False)
-        t[f"capture {dtype}"], t[f"metrics {dtype}"] = t1 - t0, time.perf_counter() - t1
-    acc = float(np.asarray(chanaxis.open_run(paths["float32"])["samples"]["correct"].values).mean())
-    print(f"{a.model} at 32 px, {'seeded random init' if a.train_steps <= 0 else f'{a.train_steps} Adam steps'} "
-          f"(calibration accuracy {acc:.1%}), {a.images} Fashion-MNIST training images, metrics stage defaults; "
-          f"seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
-    compare_samples(paths["float32"], paths["float16"])
-    compare_metrics(paths["float32"], paths["float16"])
-    if a.keep:
-        print(f"stores kept: {paths['float32']}, {paths['float16']}")
-    else:
-        shutil.rmtree(tmp)
+    # --keep: a folder of its own, left in place (the stores' paths printed); else a temporary one, removed at the end
+    folder = contextlib.nullcontext(tempfile.mkdtemp(dir=a.dir)) if a.keep else tempfile.TemporaryDirectory(dir=a.dir)
+    with folder as tmp:
+        paths = {}
+        for dtype in ("float32", "float16"):
+            t0 = time.perf_counter()
+            paths[dtype] = chanaxis.capture(model, "fashion-mnist", Path(tmp) / f"{dtype}.zarr",
+                                            n_calibration=a.images, dtype=dtype, progress=False)
+            t1 = time.perf_counter()
+            chanaxis.metrics(paths[dtype], model=model, progress=False)
+            t[f"capture {dtype}"], t[f"metrics {dtype}"] = t1 - t0, time.perf_counter() - t1
+        acc = float(np.asarray(chanaxis.open_run(paths["float32"])["samples"]["correct"].values).mean())
+        print(f"{a.model} at 32 px, {'seeded random init' if a.train_steps <= 0 else f'{a.train_steps} Adam steps'} "
+              f"(calibration accuracy {acc:.1%}), {a.images} Fashion-MNIST training images, metrics stage defaults; "
+              f"seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
+        compare_samples(paths["float32"], paths["float16"])
+        compare_metrics(paths["float32"], paths["float16"])
+        if a.keep:
+            print(f"stores kept: {paths['float32']}, {paths['float16']}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -184,7 +183,7 @@ def make_folder(root: Path, per_class: int, classes: int, val_per_class: int, pr
     with tempfile.TemporaryDirectory() as ref:  # one image by `make` itself: the parallel encoder must equal it
         jpeg_folder.make(ref, per_class=1, classes=1, val_per_class=0)
         ref_file = Path(ref) / "train" / wnids[0] / f"{wnids[0]}_0.JPEG"
-        mine = root / "train" / wnids[0] / f"{wnids[0]}_0.JPEG"
+        mine = Path(ref) / "mine.JPEG"  # the same image (seed 0, class 0, image 0) by the parallel encoder
         _one_jpeg((str(mine), 0, 0, 0, False, (500, 375)))
         same = mine.read_bytes() == ref_file.read_bytes()
     if same and procs > 1:
@@ -193,7 +192,6 @@ def make_folder(root: Path, per_class: int, classes: int, val_per_class: int, pr
             pool.map(_one_jpeg, jobs, chunksize=8)
     elif not same:
         b.say("  (the parallel encoder differs from jpeg_folder.make: the folder is made by make alone)")
-        shutil.rmtree(root)
     jpeg_folder.make(root, per_class, classes, val_per_class)  # whatever is still missing (all, when not same)
     n = sum(1 for _ in root.rglob("*.JPEG"))
     mb = sum(f.stat().st_size for f in root.rglob("*.JPEG")) / 1e6
@@ -204,17 +202,44 @@ def make_folder(root: Path, per_class: int, classes: int, val_per_class: int, pr
 
 
 def write_speed(folder: Path, total_mb: int) -> float:
-    """Buffered write speed (MB/s) of `folder`: `total_mb` of float32 in 8 MiB files, as zarr writes chunks."""
-    d = folder / "bandwidth"
-    d.mkdir(parents=True, exist_ok=True)
+    """Buffered write speed (MB/s) of `folder`: `total_mb` of float32 in 8 MiB files, as zarr writes chunks (into
+    a temporary folder inside `folder`, removed after)."""
     block_mb = min(8, total_mb)
     block = np.random.default_rng(0).standard_normal(block_mb * 2 ** 18).astype(np.float32).tobytes()
-    t = time.perf_counter()
-    for i in range(max(1, total_mb // block_mb)):
-        (d / f"{i}").write_bytes(block)
-    speed = max(1, total_mb // block_mb) * block_mb * 2 ** 20 / 1e6 / (time.perf_counter() - t)
-    shutil.rmtree(d)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix="bandwidth-") as d:
+        t = time.perf_counter()
+        for i in range(max(1, total_mb // block_mb)):
+            (Path(d) / f"{i}").write_bytes(block)
+        speed = max(1, total_mb // block_mb) * block_mb * 2 ** 20 / 1e6 / (time.perf_counter() - t)
     return speed
+
+
+def drop_store(b: Bench, store: str | Path) -> None:
+    """Delete a store this script had chanaxis write, through `chanaxis.safety.remove_store` (which proves it is a
+    chanaxis store holding only its own files); one never made is nothing to delete, one it cannot prove is left
+    (and said)."""
+    from chanaxis.errors import ChanaxisError
+    from chanaxis.safety import remove_store
+    store = Path(store)
+    if not store.exists():
+        return
+    try:
+        remove_store(store)
+    except ChanaxisError as e:
+        b.say(f"  (left {store}: {e})")
+
+
+def timed_repeats(b: Bench, a, load_all, rates: list):
+    """The repeats of a section's measurements, each opened by timing the loader alone (images/s into `rates`); a
+    repeat after the first starts only while the time budget keeps `a.reserve` seconds for the sections after."""
+    for rep in range(a.repeats):
+        if rep and b.left() < a.reserve:
+            b.say(f"  (time budget: stopping after {rep} repeat(s))")
+            break
+        t, k = b.timed(load_all)
+        rates.append(k / t)
+        yield rep
 
 
 # ------------------------------------------------------------------------------------------------ 1. capture
@@ -276,7 +301,7 @@ def bench_capture(b: Bench, a, model, handle, work: Path) -> dict:
 
     def drop(out: Path):
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-        shutil.rmtree(out, ignore_errors=True)
+        drop_store(b, out)
         return size
 
     # warm-up: every side once, untimed (kernels chosen, autocast caches, zarr imported, workers forked)
@@ -289,19 +314,14 @@ def bench_capture(b: Bench, a, model, handle, work: Path) -> dict:
         try:
             drop(capture(p, min(n, bs)))
         except Exception:  # noqa: BLE001 - the timed runs below report it
-            shutil.rmtree(stores[-1], ignore_errors=True)
+            drop_store(b, stores[-1])
 
     r: dict = {"images": n, "batch": bs, "workers": a.workers, "write_MBps": mbps,
                "device_decode": bool(loader.device_decode), "loader": [], **{p: {"forward": [], "model_pass": [],
                                                                                    "capture": []} for p in PRECISIONS}}
     per_image_bytes = 0.0
     keep = None
-    for rep in range(a.repeats):
-        if rep and b.left() < a.reserve:
-            b.say(f"  (time budget: stopping after {rep} repeat(s))")
-            break
-        t, k = b.timed(load_all)
-        r["loader"].append(k / t)
+    for _ in timed_repeats(b, a, load_all, r["loader"]):
         for p in PRECISIONS:
             t, _ = b.timed(lambda: forward(p))
             r[p]["forward"].append(n / t)
@@ -314,7 +334,7 @@ def bench_capture(b: Bench, a, model, handle, work: Path) -> dict:
                 msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
                 r[p]["capture_error"] = f"{type(e).__name__}: {msg}"
                 b.say(f"  chanaxis.capture(precision={p!r}) FAILED: {r[p]['capture_error']}")
-                shutil.rmtree(stores[-1], ignore_errors=True)
+                drop_store(b, stores[-1])
                 continue
             r[p]["capture"].append(n / t)
             if p == "fp32" and a.metrics and keep is None:
@@ -327,8 +347,8 @@ def bench_capture(b: Bench, a, model, handle, work: Path) -> dict:
     r["store_bytes_per_image"] = per_image_bytes
     r["kept_store"] = str(keep) if keep else None
     for s in stores:
-        if s != keep and s.exists():
-            shutil.rmtree(s, ignore_errors=True)
+        if s != keep:
+            drop_store(b, s)
     lo = r["loader"]
     b.say(f"loader alone ({'nvjpeg decode on the device' if r['device_decode'] else 'decode in the workers'}), "
           f"images/s: {med(lo):8.0f}   (runs {runs(lo)})")
@@ -540,12 +560,7 @@ def bench_finetune(b: Bench, a, model, train_handle, prune_params, train_precisi
         ft(p, 1)  # warm-up (workers already up; kernels, autocast)
     steps = {"train stage": (a.train_batch, train_precision, True),
              "finetune bf16": (bs, "bf16", False), "finetune fp32": (bs, "fp32", False)}
-    for rep in range(a.repeats):
-        if rep and b.left() < a.reserve:
-            b.say(f"  (time budget: stopping after {rep} repeat(s))")
-            break
-        t, k = b.timed(load_all)
-        r["loader"].append(k / t)
+    for _ in timed_repeats(b, a, load_all, r["loader"]):
         for p in PRECISIONS:
             t, net = b.timed(lambda: ft(p, nb))
             del net
@@ -580,7 +595,7 @@ def bench_metrics(b: Bench, a, store: str | None, n_images: int) -> dict:
     limit = min(a.metrics_timeout, b.left() - a.reserve)
     if limit < a.metrics_min:
         b.say(f"skipped: {max(0.0, b.left()):.0f} s of the budget left (needs {a.metrics_min + a.reserve:.0f} s)")
-        shutil.rmtree(store, ignore_errors=True)
+        drop_store(b, store)
         r = {"skipped": "time budget"}
         b.res["metrics"] = r
         b.save()
@@ -618,7 +633,7 @@ def bench_metrics(b: Bench, a, store: str | None, n_images: int) -> dict:
         b.say(f"did not finish within {limit:.0f} s (the rest of the time budget): at least that long")
     finally:
         signal.signal(signal.SIGTERM, old)
-    shutil.rmtree(store, ignore_errors=True)
+    drop_store(b, store)
     b.res["metrics"] = r
     b.save()
     return r
@@ -858,7 +873,10 @@ def main(argv=None) -> int:
               "use --device cpu --tiny for a smoke run", file=sys.stderr)
         return 2
     b = Bench(out, a.budget, a.device)
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="chanaxis-gpu-"))
+    # --work: the user's folder, never deleted (only the stores this script made in it are); else a temporary folder,
+    # removed at the end unless --keep
+    tmp = None if a.work or a.keep else tempfile.TemporaryDirectory(prefix="chanaxis-gpu-", ignore_cleanup_errors=True)
+    work = Path(a.work) if a.work else Path(tmp.name) if tmp else Path(tempfile.mkdtemp(prefix="chanaxis-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     if a.tiny:
         warnings.filterwarnings("ignore", message=".*synsets missing.*")
@@ -911,8 +929,8 @@ def main(argv=None) -> int:
         b.res["meta"]["seconds"] = b.elapsed()
         b.save()
     finally:
-        if not a.keep and not a.work:
-            shutil.rmtree(work, ignore_errors=True)
+        if tmp is not None:
+            tmp.cleanup()
     return 1 if failed else 0
 
 

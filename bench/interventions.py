@@ -35,6 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# bench/lesion.py, beside this script (its folder is on sys.path when it runs as one)
+from lesion import randomise_bn
+
 import chanaxis
 from chanaxis.data.loader import Loader, item_seeds
 from chanaxis.estimators.stats import Moments
@@ -42,17 +45,6 @@ from chanaxis.interventions import scores as sc
 from chanaxis.interventions.finetune import finetune
 from chanaxis.interventions.lesion import layer_damages, select_channels
 from chanaxis.interventions.masks import PruningPlan
-
-
-def randomise_bn(module, seed=0):
-    """timm zero-initialises each block's last BN γ: give every BN random affine/statistics (as bench/lesion.py)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
 def suffix_macs(model, layer: str) -> int:

@@ -23,9 +23,9 @@ from chanaxis.interventions.lesion import layer_damages
 from chanaxis.interventions.suffix import naive_lesion
 
 
-def _randomise_bn(module, seed=0):
-    """timm zero-initialises each block's last BN γ: without trained weights, give every BN random stats so that
-    branch lesions are not trivially 0."""
+def randomise_bn(module, seed=0):
+    """timm zero-initialises each block's last BN γ: without trained weights, give every BN random affine/statistics
+    so that branch lesions are not trivially 0 (bench/interventions.py imports it from here)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.modules():
@@ -63,7 +63,7 @@ def main():
     torch.set_num_threads(a.threads)
     model = chanaxis.load_model("resnet18", num_classes=10, image_size=32, checkpoint=a.checkpoint)
     if a.checkpoint is None:
-        _randomise_bn(model.module)
+        randomise_bn(model.module)
     x, y, src = _images(a.images)
     layers = model.graph.names
     chans = {l.name: np.sort(np.random.default_rng([0, l.depth]).choice(

@@ -18,9 +18,8 @@ import textwrap
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
-import zarr
+from storecmp import arrays, differences
 
 import chanaxis
 from chanaxis import stage as S
@@ -41,23 +40,6 @@ class Case:
 
 def _model():
     return chanaxis.load_model("test_resnet", **MODEL)
-
-
-def _arrays(path: Path, nodes: list[str]) -> dict:
-    """Every array under `nodes` of a zarr store, read in full (the bookkeeping done-flags included)."""
-    root = zarr.open_group(str(path), mode="r")
-    out = {}
-    for node in nodes:
-        if node not in root:
-            continue
-        g = root[node]
-        items = [(node, g)] if isinstance(g, zarr.Array) else [(f"{node}/{k}", a) for k, a in g.arrays()]
-        for name, a in items:
-            out[name] = np.asarray(a[...])
-        if isinstance(g, zarr.Group):
-            for k, sub in g.groups():
-                out.update(_arrays(path, [f"{node}/{k}"]))
-    return out
 
 
 def _train_result(folder: Path) -> dict:
@@ -84,24 +66,24 @@ CASES: dict[str, Case] = {
     "train": Case(TRAIN, {**TRAIN, "seed": 1}, "empty", "train", _train_result,
                   inputs=lambda f: {"model_spec": "test_resnet", "dataset": "synthetic"}),
     "capture": Case({"n_calibration": 48, "chunk_images": 16}, {"n_calibration": 40, "chunk_images": 16}, "empty",
-                    "run.zarr", lambda p: _arrays(p, ["samples", "layers"]),
+                    "run.zarr", lambda p: arrays(p, ["samples", "layers"]),
                     inputs=lambda f: {"dataset": "synthetic"}),
     "metrics": Case({"n_null": 1, "n_perm": 10, "n_triplets": 50, "geometry_images": 16},
                     {"n_null": 2, "n_perm": 10, "n_triplets": 50, "geometry_images": 16}, "captured", "run.zarr",
-                    lambda p: _arrays(p, ["metrics", "structure", "metrics_parts"])),
+                    lambda p: arrays(p, ["metrics", "structure", "metrics_parts"])),
     "trajectory": Case({"n_calibration": 24, "chunk_images": 12, "geometry_images": 12},
                        {"n_calibration": 20, "chunk_images": 12, "geometry_images": 12}, "trained",
-                       "trajectory.zarr", lambda p: _arrays(p, ["metrics", "trajectory"]),
+                       "trajectory.zarr", lambda p: arrays(p, ["metrics", "trajectory"]),
                        inputs=lambda f: {"run_dir": str(f / "train"), "dataset": "synthetic"}),
     "lesion": Case({"fraction": 0.1, "eval_images": 24, "batch_size": 64},
                    {"fraction": 0.2, "eval_images": 24, "batch_size": 64}, "measured", "run.zarr",
-                   lambda p: _arrays(p, ["lesion"])),
+                   lambda p: arrays(p, ["lesion"])),
     "prune": Case({"methods": ["input_capture", "random"], "levels": [0.3], "seeds": [1, 2], "finetune_epochs": 1,
                    "finetune_batches": 1, "eval_images": 24, "batch_size": 16, "taylor_images": 16,
                    "n_resamples": 50},
                   {"methods": ["input_capture", "random"], "levels": [0.4], "seeds": [1, 2], "finetune_epochs": 1,
                    "finetune_batches": 1, "eval_images": 24, "batch_size": 16, "taylor_images": 16,
-                   "n_resamples": 50}, "measured", "run.zarr", lambda p: _arrays(p, ["pruning"])),
+                   "n_resamples": 50}, "measured", "run.zarr", lambda p: arrays(p, ["pruning"])),
     "report": Case({"figures": False}, None, "measured", "run.zarr", _report_result),
 }
 
@@ -153,20 +135,6 @@ def _copy(bases, name: str, dest: Path) -> Path:
     return dest
 
 
-def _differences(a: dict, b: dict) -> list[str]:
-    """What differs between two result dicts: missing names, and values beyond 1e-10 (exact for non-floats)."""
-    out = [f"only in one: {k}" for k in sorted(set(a) ^ set(b))]
-    for k in sorted(set(a) & set(b)):
-        x, y = a[k], b[k]
-        if isinstance(x, str) or x.dtype.kind in "OUSTbiu":
-            same = np.array_equal(x, y)
-        else:
-            same = x.shape == y.shape and np.allclose(x, y, rtol=0, atol=1e-10, equal_nan=True)
-        if not same:
-            out.append(k)
-    return out
-
-
 def test_every_registered_stage_has_a_case():
     assert set(S.stages()) <= set(CASES), f"stages without a conformance case: {set(S.stages()) - set(CASES)}"
 
@@ -194,15 +162,15 @@ def reference(bases, tmp_path_factory):
 @pytest.mark.parametrize("name", list(CASES))
 def test_same_seed_same_results(name, bases, reference, tmp_path):
     folder = _copy(bases, name, tmp_path / "again")
-    assert not _differences(reference(name), CASES[name].result(_run(name, folder)))
+    assert not differences(reference(name), CASES[name].result(_run(name, folder)))
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_results_independent_of_unit_order_and_process(name, bases, reference, tmp_path):
     rev = _copy(bases, name, tmp_path / "reversed")
-    assert not _differences(reference(name), CASES[name].result(_run(name, rev, order=lambda u: u[::-1])))
+    assert not differences(reference(name), CASES[name].result(_run(name, rev, order=lambda u: u[::-1])))
     fresh = _copy(bases, name, tmp_path / "fresh")
-    assert not _differences(reference(name), CASES[name].result(_run(name, fresh, fresh_units=True)))
+    assert not differences(reference(name), CASES[name].result(_run(name, fresh, fresh_units=True)))
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -276,7 +244,7 @@ def test_killed_in_a_unit_and_rerun_equals_uninterrupted(name, bases, reference,
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == -9, f"{name}: the child was not killed: {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
     assert not S.get(name)(**CASES[name].params).done(folder / CASES[name].where), f"{name}: claims done"
-    assert not _differences(reference(name), CASES[name].result(_run(name, folder)))
+    assert not differences(reference(name), CASES[name].result(_run(name, folder)))
 
 
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.other is not None])

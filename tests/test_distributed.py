@@ -11,17 +11,14 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
+import distributed
 import pytest
-import zarr
+from storecmp import arrays, differences
 
 import chanaxis
 from chanaxis import distributed as D
 from chanaxis import stage as S
-
-distributed = pytest.importorskip("distributed")
 
 MODEL = {"num_classes": 10, "image_size": 32, "init_seed": 0}
 CAPTURE = {"n_calibration": 48, "chunk_images": 16}
@@ -33,35 +30,6 @@ PRUNE = {"methods": ["input_capture", "random"], "levels": [0.3], "seeds": [1, 2
 
 def _model():
     return chanaxis.load_model("test_resnet", **MODEL)
-
-
-def _arrays(path: Path, nodes: list[str]) -> dict:
-    root = zarr.open_group(str(path), mode="r")
-    out = {}
-    for node in nodes:
-        if node not in root:
-            continue
-        g = root[node]
-        items = [(node, g)] if isinstance(g, zarr.Array) else [(f"{node}/{k}", a) for k, a in g.arrays()]
-        for name, a in items:
-            out[name] = np.asarray(a[...])
-        if isinstance(g, zarr.Group):
-            for k, _sub in g.groups():
-                out.update(_arrays(path, [f"{node}/{k}"]))
-    return out
-
-
-def _differences(a: dict, b: dict, atol: float = 1e-10) -> list[str]:
-    out = [f"only in one: {k}" for k in sorted(set(a) ^ set(b))]
-    for k in sorted(set(a) & set(b)):
-        x, y = a[k], b[k]
-        if x.dtype.kind in "OUSTbiu" or atol == 0:
-            same = x.shape == y.shape and np.array_equal(x, y, equal_nan=x.dtype.kind == "f")
-        else:
-            same = x.shape == y.shape and np.allclose(x, y, rtol=0, atol=atol, equal_nan=True)
-        if not same:
-            out.append(k)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +57,8 @@ def bases(tmp_path_factory):
 def test_capture_with_two_workers_equals_in_process_bit_for_bit(bases, tmp_path):
     out = tmp_path / "run.zarr"
     chanaxis.capture(_model(), "synthetic", out, progress=False, workers=2, **CAPTURE)
-    diff = _differences(_arrays(bases["captured"], ["samples", "layers"]), _arrays(out, ["samples", "layers"]),
-                        atol=0)
+    diff = differences(arrays(bases["captured"], ["samples", "layers"]), arrays(out, ["samples", "layers"]),
+                       atol=0)
     assert not diff, diff
 
 
@@ -99,7 +67,7 @@ def test_metrics_on_a_cluster_equals_in_process(bases, client, tmp_path):
     shutil.copytree(bases["captured"], run)
     chanaxis.metrics(run, progress=False, scheduler=client, **METRICS)
     nodes = ["metrics", "structure", "metrics_parts"]
-    diff = _differences(_arrays(bases["measured"], nodes), _arrays(run, nodes))
+    diff = differences(arrays(bases["measured"], nodes), arrays(run, nodes))
     assert not diff, diff
 
 
@@ -109,7 +77,7 @@ def test_lesion_on_a_cluster_equals_in_process(bases, client, tmp_path):
     shutil.copytree(bases["measured"], run)
     chanaxis.lesion(ref, progress=False, **LESION)
     chanaxis.lesion(run, progress=False, scheduler=client, **LESION)
-    diff = _differences(_arrays(ref, ["lesion"]), _arrays(run, ["lesion"]))
+    diff = differences(arrays(ref, ["lesion"]), arrays(run, ["lesion"]))
     assert not diff, diff
     # the model was built once per worker and run (its context cached), not once per task
     counts = client.run(D.worker_contexts)
@@ -143,7 +111,7 @@ def test_prune_on_a_cluster_with_a_worker_killed_mid_unit_equals_in_process(base
         stop.set()
         killer.join(5)
     assert killed, "no worker was killed: the test did not exercise a fault"
-    diff = _differences(_arrays(ref, ["pruning"]), _arrays(run, ["pruning"]))
+    diff = differences(arrays(ref, ["pruning"]), arrays(run, ["pruning"]))
     assert not diff, diff
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker for the next tests
 
@@ -166,7 +134,7 @@ def test_done_units_are_never_submitted(bases, client, tmp_path, monkeypatch):
     chanaxis.metrics(run, progress=False, scheduler=client, **METRICS)
     assert first.key not in submitted and sorted(submitted) == sorted(u.key for u in rest)
     nodes = ["metrics", "structure", "metrics_parts"]
-    diff = _differences(_arrays(bases["measured"], nodes), _arrays(run, nodes))
+    diff = differences(arrays(bases["measured"], nodes), arrays(run, nodes))
     assert not diff, diff
 
 

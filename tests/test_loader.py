@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from storecmp import arrays, differences
 
 from chanaxis import data
 from chanaxis.data.datasets import decode, read_bytes
@@ -116,18 +117,6 @@ def test_cli_rejects_a_bad_worker_count_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "r.zarr").exists()
 
 
-def _arrays(path) -> dict:
-    import zarr
-    out = {}
-    g = zarr.open_group(str(path), mode="r")
-    for name, a in g.arrays():
-        out[name] = a[...]
-    for name, sub in g.groups():
-        for k, v in _arrays(path / name).items():
-            out[f"{name}/{k}"] = v
-    return out
-
-
 def test_capture_is_bit_identical_with_0_and_2_loader_workers(tmp_path):
     import chanaxis
     stores = []
@@ -136,10 +125,10 @@ def test_capture_is_bit_identical_with_0_and_2_loader_workers(tmp_path):
         out = tmp_path / f"w{w}.zarr"
         chanaxis.capture(model, "synthetic", out, n_calibration=70, chunk_images=16, progress=False,
                          loader_workers=w)
-        stores.append(_arrays(out))
+        stores.append(arrays(out))
     assert stores[0].keys() == stores[1].keys() and len(stores[0]) > 20
-    for k in stores[0]:
-        assert np.array_equal(stores[0][k], stores[1][k], equal_nan=True), k
+    diff = differences(stores[0], stores[1], atol=0)
+    assert not diff, diff
 
 
 def test_training_does_not_depend_on_the_loader_workers(tmp_path):
