@@ -14,19 +14,21 @@ import torch
 from torch import nn
 
 from .errors import ChanaxisError
+from .locations import is_url, location
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file (unwrapped from {"state_dict": ...} and the like, without "module.")."""
-    path = Path(path)
+    path = location(path)
     if not path.is_file():
         raise ChanaxisError(f"checkpoint '{path}' does not exist; pass the path of a .pt, .pth or .safetensors file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
+            from safetensors.torch import load, load_file
+            sd = load(path.read_bytes()) if is_url(path) else load_file(str(path))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            with path.open("rb") as f:
+                sd = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any read failure is the file's fault
         raise ChanaxisError(f"cannot read checkpoint '{path}' ({type(e).__name__}); is it a state dict saved with "
                             "torch.save or safetensors?") from None
@@ -66,7 +68,7 @@ KIND = "chanaxis-training"
 
 
 def read_manifest(run_dir: str | Path) -> dict:
-    p = Path(run_dir) / MANIFEST
+    p = location(run_dir) / MANIFEST
     if not p.is_file():
         raise ChanaxisError(f"'{run_dir}' is not a chanaxis training run (no {MANIFEST}); create one with "
                             "`chanaxis train MODEL --dataset D --out RUN_DIR`")

@@ -10,8 +10,12 @@ Faults: a task whose worker dies is rescheduled by dask on another worker (`retr
 it); a unit marks itself done last, so a half-written unit is simply redone, and a rerun after the driver died lists
 only the units not done (`Stage.units`), which are the only ones submitted.
 
-Workers run torch with the driver's intra-op thread count (float32 kernels round differently with another), so
-a unit gives the same numbers on the cluster as in-process.
+Threads: the workers of a `LocalCluster` made for the run (`--workers N`) share the driver's cores, each running
+torch with the driver's intra-op thread count ÷ N (at least 1), so N workers do not oversubscribe the machine.
+Workers of a cluster the user started (`--scheduler`) run with the driver's count. Forward passes give the same
+numbers with any thread count (capture, metrics, lesions, one-shot pruning are equal to the in-process run); the
+weight gradients of a fine-tune are sums whose order follows the thread count, so fine-tuned pruning results equal
+the in-process run to float32 rounding, and exactly when the thread counts are equal.
 
 Worker processes are daemonic (both a `LocalCluster`'s and `dask worker`'s) and cannot start the image loader's own
 processes, so inside a daemonic worker the loader reads images in the worker process itself (`loader_workers=0`);
@@ -42,6 +46,7 @@ class Cluster:
             raise ChanaxisError("a cluster (--scheduler/--workers) needs dask.distributed: "
                                 "pip install 'dask[distributed]'") from None
         self._own_client = self._cluster = None
+        self.local_workers = None      # N of a LocalCluster made here: they share this machine's cores
         if scheduler is not None and not isinstance(scheduler, str):
             self.client = scheduler                      # a live distributed.Client: the caller's to close
         elif scheduler:
@@ -52,6 +57,7 @@ class Cluster:
             self._cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                          dashboard_address=":0")
             self.client = self._own_client = Client(self._cluster)
+            self.local_workers = int(workers)
         self.announced = False
 
     def dashboard(self) -> str | None:
@@ -95,8 +101,7 @@ def context_spec(ctx, run, stage) -> dict:
             inputs[k] = v
     import sys
     torch = sys.modules.get("torch")
-    # float32 kernels round differently with another intra-op thread count: the workers use the driver's, so a
-    # unit gives the same numbers on the cluster as in-process
+    # the driver's intra-op thread count (a local cluster divides it among its workers: see the module docstring)
     spec = {"device": ctx.device, "data_root": ctx.data_root, "loader_workers": ctx.loader_workers,
             "inputs": inputs, "model": None, "factory": None,
             "torch_threads": torch.get_num_threads() if torch is not None else None}
@@ -145,8 +150,12 @@ def _run_unit_task(stage_cls, params, ctx_cls, run, unit, spec: dict, token: str
     return unit.key
 
 
-def _runs_network(stage) -> bool:
-    return stage.name not in ("metrics", "report")
+def _runs_network(stage, unit) -> bool:
+    """Whether the unit runs the network (a GPU task where the cluster offers one): not the report's, nor the
+    metrics stage's layer units (chunked reductions of the store); its gradient-geometry units do."""
+    if stage.name == "metrics":
+        return str(unit.key).startswith("geometry/")
+    return stage.name != "report"
 
 
 # -------------------------------------------------------------------- the driver
@@ -160,15 +169,17 @@ def run_units(stage, run, ctx, units, cluster: Cluster, bar, task) -> None:
                       f"{cluster.dashboard()}")
         cluster.announced = True
     spec = context_spec(ctx, run, stage)
+    if cluster.local_workers and spec.get("torch_threads"):  # N local workers share the driver's cores
+        spec["torch_threads"] = max(1, spec["torch_threads"] // cluster.local_workers)
     token = uuid.uuid4().hex[:12]
-    resources = {"GPU": 1} if str(ctx.device).startswith("cuda") and _runs_network(stage) and cluster.gpus() \
-        else None
+    gpus = str(ctx.device).startswith("cuda") and cluster.gpus()
     import cloudpickle
     [spec_f] = client.scatter([spec], broadcast=True) if len(cloudpickle.dumps(spec)) > 1 << 20 else [spec]
     futures = {}
     for u in units:
         f = client.submit(_run_unit_task, type(stage), stage.params, type(ctx), str(run), u, spec_f, token,
-                          key=f"{stage.name}-{u.key}-{token}", resources=resources, retries=2, pure=False)
+                          key=f"{stage.name}-{u.key}-{token}",
+                          resources={"GPU": 1} if gpus and _runs_network(stage, u) else None, retries=2, pure=False)
         futures[f] = u
     try:
         for f in as_completed(list(futures)):

@@ -6,6 +6,10 @@ itself and break its streaming budget. We never form Σ_X: since Y_i = w_iᵀx +
 accumulated as Σ x·yᵀ per group — n·d·C work instead of n·d² — with y the layer's own output, taken by a forward
 hook at the same sampled positions as the store's, and T read from the store (the margin of each calibration image).
 Only the sampled input windows are gathered (no full unfold).
+
+The sums add over images, so the pass splits into batches of images (`geometry_partial`, one unit of the metrics
+stage each) whose float64 sums (`_Acc.state`) are added afterwards (`reduce_sums`); `geometry_pass` runs every image
+in this process (the trajectory stage's per-checkpoint pass).
 """
 from __future__ import annotations
 
@@ -34,6 +38,26 @@ class _Acc:
         self.st = 0.0
         self.sy = torch.zeros(self.g, self.cpg, dtype=torch.float64)
         self.sxy = torch.zeros(self.g, d, self.cpg, dtype=torch.float64)
+
+    SUMS = ("sx", "sxt", "sy", "sxy")
+
+    def state(self) -> np.ndarray:
+        """The running sums as one flat float64 vector: n, ΣT, then Σx, Σx·T, ΣY, Σx·Yᵀ (what a batch unit stores)."""
+        return np.concatenate([[float(self.n), float(self.st)]] + [getattr(self, k).numpy().reshape(-1)
+                                                                    for k in self.SUMS])
+
+    def merge(self, flat: np.ndarray) -> None:
+        """Add the sums of another batch of images (`state()` of an accumulator of the same layer)."""
+        flat = np.asarray(flat, np.float64)
+        self.n += int(round(flat[0]))
+        self.st += float(flat[1])
+        at = 2
+        for k in self.SUMS:
+            cur = getattr(self, k)
+            cur += torch.from_numpy(flat[at:at + cur.numel()].reshape(cur.shape).copy())
+            at += cur.numel()
+        if at != flat.size:
+            raise ValueError(f"geometry sums of {self.layer.name}: {flat.size} values, expected {at}")
 
     def add(self, x, y, t):
         """x: (n, g, d) patches; y: (n, g, cpg) the layer's outputs there; t: (n,) target of each patch's image.
@@ -86,17 +110,64 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
+FORWARD_BATCH = 64   # images per forward pass of the geometry pass
+
+
+def has_gradients(model) -> bool:
+    return "gradients" in getattr(model, "capabilities", ()) and hasattr(model, "module")
+
+
+def geometry_images(grp, p) -> int:
+    """How many calibration images the pass reads: the first `p["geometry_images"]` of the store's."""
+    return min(int(grp[store.samples_array("dataset_index")].shape[0]), int(p["geometry_images"]))
+
+
 def geometry_pass(run, grp, layers, p, model, bar, loader_for=None, workers: int | None = None):
     """Per-channel grad_cos for every layer on `model` (the study's, on its device), or None when the model cannot
     run it (no torch module with gradients). `loader_for(dataset)`: the `chanaxis.data.loader.Loader` to read the
     calibration images through (default: one of `workers` processes made for this pass, closed after it)."""
+    if not has_gradients(model):
+        return None
+    n = geometry_images(grp, p)
+    accs = _accumulate(run, grp, layers, model, 0, n, bar, loader_for, workers)
+    return {l: accs[l].grad_cos() for l in layers}
+
+
+def geometry_partial(run, grp, layers, model, lo: int, hi: int, loader_for=None,
+                     workers: int | None = None) -> dict[str, np.ndarray]:
+    """The float64 sums (`_Acc.state`) of every layer over calibration images lo:hi (a multiple of FORWARD_BATCH
+    for `lo`, so the forward passes are those of the whole pass)."""
+    if lo % FORWARD_BATCH:
+        raise ValueError(f"a geometry batch starts at a multiple of {FORWARD_BATCH} images, not {lo}")
+    accs = _accumulate(run, grp, layers, model, lo, hi, None, loader_for, workers)
+    return {l: accs[l].state() for l in layers}
+
+
+def reduce_sums(grp, layers, partials) -> dict[str, np.ndarray]:
+    """Per-layer grad_cos from the sums of every batch (`geometry_partial`'s results, added in the given order)."""
+    out = {}
+    for l in layers:
+        acc = _Acc(_spec(grp, l), np.asarray(grp[store.layer_array(l, "weight")][...]))
+        for part in partials:
+            acc.merge(part[l])
+        out[l] = acc.grad_cos()
+    return out
+
+
+class _spec:
+    """What `_Acc` needs of a layer (groups, c_out), read from the store's /layers attrs (no model at hand)."""
+
+    def __init__(self, grp, name):
+        a = grp[store.layer_node(name)].attrs
+        self.name, self.groups, self.c_out = name, int(a["groups"]), int(a["c_out"])
+
+
+def _accumulate(run, grp, layers, model, start, n, bar, loader_for, workers):
+    """The accumulators of every layer over calibration images start:n."""
     from .data.loader import Loader
     from .reload import dataset_from_store
-    if "gradients" not in getattr(model, "capabilities", ()) or not hasattr(model, "module"):
-        return None
     handle = dataset_from_store(run)
     idx = np.asarray(grp[store.samples_array("dataset_index")][...])
-    n = min(len(idx), int(p["geometry_images"]))
     margin = torch.as_tensor(np.asarray(grp[store.samples_array("margin")][...])[:n], dtype=torch.float32)
     graph = model.graph
     mods = dict(model.module.named_modules())
@@ -120,20 +191,21 @@ def geometry_pass(run, grp, layers, p, model, bar, loader_for=None, workers: int
             accs[l].add(x.cpu(), y.detach().float().cpu(), margin[lo:hi].repeat_interleave(s))
         handles.append(mods[l].register_forward_pre_hook(pre))
         handles.append(mods[l].register_forward_hook(post))
-    task = bar.add_task("geometry", total=n)
-    bs = 64
+    task = bar.add_task("geometry", total=n - start) if bar is not None else None
+    bs = FORWARD_BATCH
     loader = (loader_for or (lambda ds: Loader(ds, workers=workers, device=model.device)))(handle.dataset)
     try:
         model.module.eval()
         with torch.no_grad():
-            for lo, (x, _) in zip(range(0, n, bs), loader.batches(idx[:n], bs)):
+            for lo, (x, _) in zip(range(start, n, bs), loader.batches(idx[start:n], bs)):
                 hi = min(n, lo + bs)
                 state.update(lo=lo, hi=hi)
                 model.module(x)
-                bar.update(task, advance=hi - lo)
+                if bar is not None:
+                    bar.update(task, advance=hi - lo)
     finally:
         for h in handles:
             h.remove()
         if loader_for is None:
             loader.close()
-    return {l: accs[l].grad_cos() for l in layers}
+    return accs

@@ -4,7 +4,8 @@ holds a store at a time.
 A folder is a chanaxis store when its root `zarr.json` carries chanaxis's own attributes (`made_by`, or the
 `chanaxis_version` + `config` of stores written before that marker). It may be replaced (`--overwrite`) only when it
 holds nothing but its own files: zarr node folders, `zarr.json` and chanaxis's lock. Never the current directory, a
-parent of it, the home directory or a filesystem root, whatever they hold.
+parent of it, the home directory or a filesystem root, whatever they hold. The same holds for a store at a URL
+(`s3://bucket/run.zarr`): its keys are checked the same way, and a bucket's root is never deleted.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import ChanaxisError
+from .locations import bucket_root, is_url, location
 
 MARK = "chanaxis"          # root attrs["made_by"] of every store chanaxis creates
 LOCK = ".{name}.chanaxis-lock"  # beside the store (zarr would list a file inside it): {"pid", "host", "since"}
@@ -23,6 +25,7 @@ LOCK = ".{name}.chanaxis-lock"  # beside the store (zarr would list a file insid
 
 def root_attrs(path: Path) -> dict | None:
     """The root attributes of a zarr v3 (`zarr.json`) or v2 (`.zattrs`) group at `path`, None when it is none."""
+    path = location(path)
     try:
         if (path / "zarr.json").is_file():
             return json.loads((path / "zarr.json").read_text()).get("attributes", {}) or {}
@@ -34,13 +37,15 @@ def root_attrs(path: Path) -> dict | None:
 
 
 def is_chanaxis_store(path: str | Path) -> bool:
-    attrs = root_attrs(Path(path))
+    attrs = root_attrs(location(path))
     return bool(attrs) and (attrs.get("made_by") == MARK or ("chanaxis_version" in attrs and "config" in attrs))
 
 
 def foreign_entries(path: Path) -> list[str]:
     """Entries of a store folder that are not the store's own (a file or folder a person or another tool put
     there): the store's own are `zarr.json` and folders that are zarr nodes (hold `zarr.json`)."""
+    if is_url(path):
+        return _foreign_keys(path)
     out = []
     for p in sorted(path.iterdir()):
         if p.name == "zarr.json":
@@ -65,8 +70,34 @@ def _is_node_tree(d: Path) -> bool:
     return True
 
 
+def _foreign_keys(path) -> list[str]:
+    """`foreign_entries` of a store at a URL, from one listing of its keys: each key must be a node's `zarr.json`
+    or a chunk (`c/…`) of a node, and every folder on its way a node (holding `zarr.json`)."""
+    fs, root = path.fs, path.path.rstrip("/")
+    keys = [k[len(root) + 1:] for k in fs.find(root)]
+    nodes = {k.rsplit("/", 1)[0] if "/" in k else "" for k in keys if k.rsplit("/", 1)[-1] == "zarr.json"}
+    bad = set()
+    for k in keys:
+        parts = k.split("/")
+        ok = "" in nodes
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if parts[i - 1] == "c" and "/".join(parts[:i - 1]) in nodes:
+                break  # a chunk of the node above
+            if folder not in nodes:
+                ok = False
+                break
+        else:
+            ok = ok and (parts[-1] == "zarr.json" if len(parts) > 1 else k == "zarr.json")
+        if not ok:
+            bad.add(parts[0])
+    return sorted(bad)
+
+
 def protected(path: Path) -> str | None:
     """Why `path` may never be deleted (the current directory or a parent of it, home, a root), else None."""
+    if is_url(path):
+        return "it is the root of a bucket" if bucket_root(path) else None
     p = path.resolve()
     cwd = Path.cwd().resolve()
     if p == Path(p.anchor) or p.parent == p:
@@ -80,12 +111,13 @@ def protected(path: Path) -> str | None:
 
 def check_replaceable(path: Path) -> None:
     """Raise unless `path` is a chanaxis store holding only its own files, in a place that may be deleted."""
+    path = location(path)
     why = protected(path)
     if why:
         raise ChanaxisError(f"chanaxis will not delete '{path}': {why}; give --out a folder of its own (e.g. "
                             f"{path / 'run.zarr'})")
     if not is_chanaxis_store(path):
-        found = ", ".join(p.name for p in sorted(path.iterdir())[:4]) or "nothing"
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:4]) or "nothing"
         raise ChanaxisError(f"'{path}' is not a store chanaxis made (it holds {found}); chanaxis deletes only its own "
                             "stores: choose another --out, or move it away yourself")
     extra = foreign_entries(path)
@@ -97,15 +129,19 @@ def check_replaceable(path: Path) -> None:
 
 def remove_store(path: str | Path) -> None:
     """Delete a chanaxis store after `check_replaceable` proves it may go."""
-    path = Path(path)
+    path = location(path)
     check_replaceable(path)
-    shutil.rmtree(path)
+    if is_url(path):
+        path.fs.rm(path.path, recursive=True)
+        path.fs.invalidate_cache()
+    else:
+        shutil.rmtree(path)
 
 
 # ---------------------------------------------------------------------------------------------------- the lock
 def lock_file(path: str | Path) -> Path:
-    """The writer lock of the store (or output folder) at `path`: a hidden file beside it."""
-    path = Path(path)
+    """The writer lock of the store (or output folder) at `path`: a hidden file (or object) beside it."""
+    path = location(path)
     return path.parent / LOCK.format(name=path.name)
 
 
@@ -113,10 +149,11 @@ class WriterLock:
     """An advisory lock file beside a store (or any output folder): one writing process at a time.
 
     A lock left by a dead process on this host is taken over; one held by a live process, or by another host (whose
-    processes cannot be checked from here), is refused with a message naming the holder and the file."""
+    processes cannot be checked from here), is refused with a message naming the holder and the file. At a URL the
+    lock is an object beside the store, created only if absent (a conditional write: S3's If-None-Match)."""
 
     def __init__(self, path: str | Path):
-        self.folder = Path(path)
+        self.folder = location(path)
         self.file = lock_file(path)
         self.held = False
 
@@ -126,7 +163,7 @@ class WriterLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(3):
             try:
-                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(json.dumps(me))
             except FileExistsError:
                 holder = self._holder()
                 if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
@@ -141,8 +178,6 @@ class WriterLock:
             except OSError as e:
                 raise ChanaxisError(f"cannot write beside '{self.folder}' ({e.strerror}); choose a writable --out"
                                     ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self.held = True
             return self
         raise ChanaxisError(f"could not take the lock {self.file}; another process keeps taking it")
@@ -158,7 +193,27 @@ class WriterLock:
         """Delete the lock file, which this code made: only when it still holds the record `holder` it was read as
         (a chanaxis lock: pid, host and start time), so nothing else that took its name is ever removed."""
         if {"pid", "host", "since"} <= set(holder) and self._holder() == holder:
-            self.file.unlink(missing_ok=True)
+            if is_url(self.file):
+                self.file.fs.rm_file(self.file.path)
+            else:
+                self.file.unlink(missing_ok=True)
+
+    def _create(self, text: str) -> None:
+        """Write the lock only where none is (FileExistsError otherwise), in one step."""
+        if not is_url(self.file):
+            fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return
+        fs = self.file.fs
+        try:
+            with fs.open(self.file.path, "xb") as f:   # s3fs: a conditional PUT (If-None-Match: *)
+                f.write(text.encode())
+        except (ValueError, NotImplementedError):       # a filesystem without exclusive creation
+            if fs.exists(self.file.path):
+                raise FileExistsError(str(self.file)) from None
+            fs.pipe_file(self.file.path, text.encode())
+        fs.invalidate_cache()
 
     def _holder(self) -> dict:
         try:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
 
 from . import capabilities
 from .errors import ChanaxisError
+from .locations import location
 from .params import Params
 from .progress import progress_bar
 
@@ -184,7 +184,7 @@ class Stage:
 
     def done(self, run) -> bool:
         from . import store
-        return (Path(str(run)).exists() and store.stage_state(run, self.status_key) == "done"
+        return (location(run).exists() and store.stage_state(run, self.status_key) == "done"
                 and (self.node is None or self.node in store.open_group(run)))
 
     def check_capabilities(self, model) -> None:
@@ -200,7 +200,7 @@ def run_stage(stage: Stage, run, ctx: Context, order: Callable[[list[Unit]], Ite
     A writing stage holds the store's writer lock (`chanaxis.safety.WriterLock`) throughout, so a second process
     on the same store stops with a clear message instead of interleaving its writes."""
     from .safety import WriterLock
-    lock = WriterLock(run) if stage.writes and "://" not in str(run) else None
+    lock = WriterLock(run) if stage.writes else None
     try:
         if lock:
             lock.acquire()  # a folder that does not exist yet is locked as soon as `prepare` has made it

@@ -23,6 +23,7 @@ import zarr.storage
 from .version import __version__
 from . import safety
 from .errors import ChanaxisError
+from .locations import is_url, location
 
 
 def jsonable(obj):
@@ -33,8 +34,9 @@ def jsonable(obj):
 def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool = False) -> zarr.Group:
     """Open `path` for writing a run made with `config`: resume a chanaxis store of the same config, create one
     where nothing (or an empty folder) is; refuse a store of another config unless `overwrite`, and refuse anything
-    chanaxis did not make, whatever `overwrite` says (`chanaxis.safety`: it deletes only its own stores)."""
-    path = Path(path)
+    chanaxis did not make, whatever `overwrite` says (`chanaxis.safety`: it deletes only its own stores). `path` is a
+    folder or any fsspec URL (`s3://bucket/run.zarr`)."""
+    path = location(path)
     config = jsonable(config)
     if path.exists() and not path.is_dir():
         raise ChanaxisError(f"'{path}' is a file, not a folder; give --out a path for a new run store (RUN.zarr)")
@@ -44,7 +46,7 @@ def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool =
             raise ChanaxisError(f"'{path}' cannot be a run store: {why}; give --out a folder of its own "
                                 f"(e.g. {path / 'run.zarr'})")
         if not safety.is_chanaxis_store(path):
-            found = ", ".join(p.name for p in sorted(path.iterdir())[:4])
+            found = ", ".join(sorted(p.name for p in path.iterdir())[:4])
             raise ChanaxisError(f"'{path}' exists and is not a chanaxis run store (it holds {found}); chanaxis "
                                 "never replaces what it did not make: choose another --out")
         root = zarr.open_group(str(path), mode="r+")
@@ -57,7 +59,8 @@ def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool =
                                 "use another --out, the same options, or --overwrite to replace it")
         safety.remove_store(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not is_url(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
         # the root's attributes go out with the group itself: a store is never left without its chanaxis mark
         root = zarr.create_group(store=str(path), overwrite=True, attributes={
             "made_by": safety.MARK, "chanaxis_version": __version__, "config": config, "status": {}})
@@ -132,7 +135,7 @@ def status(path: str | Path) -> dict[str, str]:
 
 
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
-    path = Path(path)
+    path = location(path)
     if not path.exists():
         raise ChanaxisError(f"no run store at '{path}'; create one with `chanaxis capture MODEL --dataset D --out {path}`")
     try:
@@ -160,7 +163,11 @@ def read_dataset(run, node: str) -> xr.Dataset:
 
 
 def write_dataset(root: zarr.Group, node: str, ds: xr.Dataset) -> None:
-    """Write a small, fully computed dataset as one node (replacing it)."""
+    """Write a small, fully computed dataset as one node (replacing it).
+
+    xarray writes a dataset's arrays one after another, each file a round trip (a few ms on disk, tens of ms on an
+    object store, for a metrics node of a few hundred arrays), so the node is written by xarray into a MemoryStore
+    and its keys are then copied to the store concurrently: the bytes are xarray's own."""
     if node in root:
         del root[node]
     # variable-length strings: zarr v3 has a spec for them, not for numpy's fixed-width unicode
@@ -168,7 +175,23 @@ def write_dataset(root: zarr.Group, node: str, ds: xr.Dataset) -> None:
     for k in list(ds.variables):
         if ds[k].dtype.kind == "U":
             ds[k] = ds[k].astype(object)
-    ds.to_zarr(root.store, group=node, mode="w", consolidated=False, zarr_format=3)
+    parent = node.rpartition("/")[0]
+    if parent:
+        root.require_group(parent)
+    mem = zarr.storage.MemoryStore()
+    ds.to_zarr(mem, mode="w", consolidated=False, zarr_format=3)
+    prefix = f"{root.path}/{node}" if root.path else node
+    zarr.core.sync.sync(_copy_keys(mem, root.store, prefix, skip=()))
+
+
+async def _copy_keys(src, dst, prefix: str, skip=("zarr.json",)) -> None:
+    """Copy every key of the store `src` (but `skip`) to `dst` under `prefix`, all at once."""
+    proto = zarr.core.buffer.default_buffer_prototype()
+    keys = [k async for k in src.list() if k not in skip]
+
+    async def copy(k):
+        await dst.set(f"{prefix}/{k}" if prefix else k, await src.get(k, proto))
+    await asyncio.gather(*(copy(k) for k in keys))
 
 
 def _array_kwargs(shape, dims, dtype, chunks=None, attrs=None, compress=False) -> dict:
@@ -208,16 +231,9 @@ def new_arrays(group: zarr.Group, groups: dict[str, dict] | None = None, arrays:
                 await arr.setitem(Ellipsis, data)
         await asyncio.gather(*(one(spec) for spec in arrays or ()))
 
-    async def flush():
-        proto = zarr.core.buffer.default_buffer_prototype()
-        keys = [k async for k in mem.list() if k != "zarr.json"]  # the root is `group` itself, already on disk
-        prefix = f"{group.path}/" if group.path else ""
-
-        async def copy(k):
-            await group.store.set(prefix + k, await mem.get(k, proto))
-        await asyncio.gather(*(copy(k) for k in keys))
     zarr.core.sync.sync(build())
-    zarr.core.sync.sync(flush())
+    # the root is `group` itself, already in the store
+    zarr.core.sync.sync(_copy_keys(mem, group.store, group.path, skip=("zarr.json",)))
 
 
 def write_many(items) -> None:
@@ -228,6 +244,8 @@ def write_many(items) -> None:
 
 
 def ensure_writable(path: str | Path) -> None:
+    if is_url(path):
+        return  # an object store says so at the first write, with its own reason
     parent = Path(path).resolve().parent
     probe = parent
     while not probe.exists():
@@ -257,6 +275,12 @@ def samples_array(name: str) -> str:
 
 def metrics_part(layer: str) -> str:
     return f"{METRICS_PARTS}/{layer}"
+
+
+def geometry_part(batch: int | None = None) -> str:
+    """The metrics stage's gradient-geometry sums over one batch of calibration images (`batch` None: their parent,
+    whose attrs record whether the pass runs and why not)."""
+    return f"{METRICS_PARTS}/geometry" + ("" if batch is None else f"/{batch}")
 
 
 def to_numpy(a) -> np.ndarray:

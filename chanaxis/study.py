@@ -16,6 +16,7 @@ from rich.table import Table
 
 from . import stage as stages_api
 from .errors import ChanaxisError
+from .locations import absolute, location
 from .stage import Context
 
 PRESETS = ("quick", "paper")  # quick: a CPU-sized study that still means something; paper: METHOD.md's protocol
@@ -23,7 +24,7 @@ PRESETS = ("quick", "paper")  # quick: a CPU-sized study that still means someth
 
 def resolve_store(path: str | Path) -> Path:
     """A run store path, or a study folder (→ its run.zarr)."""
-    p = Path(path)
+    p = location(path)
     if (p / "study.json").is_file():
         return p / "run.zarr"
     return p
@@ -62,8 +63,8 @@ class Study:
                  console: Console | None = None, progress: bool = True, overrides: dict | None = None,
                  loader_workers: int | None = None, scheduler=None, workers: int | None = None):
         self.params = study_params(preset, overrides, seeds)
-        self.model_spec, self.dataset, self.out = model, dataset, Path(out)
-        self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
+        self.model_spec, self.dataset, self.out = model, dataset, location(out)
+        self.checkpoint = str(absolute(checkpoint)) if checkpoint else None
         self.preset_name, self.device, self.data_root = preset, device, data_root
         self.pretrained = bool(pretrained)
         self.console = console or Console()
@@ -150,7 +151,7 @@ class Study:
         """The study's trained model, built once for every stage after training; checked against the store."""
         from . import store
         model = self.load_model(self.trained_checkpoint())
-        if run is not None and Path(str(run)).exists():
+        if run is not None and location(run).exists():
             want = store.run_config(run).get("weights_sha256")
             if want and model.weights_sha256() != want:
                 raise ChanaxisError(f"the trained weights differ from those captured in '{run}' (sha256 mismatch); "

@@ -23,6 +23,7 @@ from torch import nn
 
 from .version import __version__
 from . import precision
+from .locations import is_url, location
 from .data.loader import item_seeds
 from .errors import ChanaxisError
 from .evaluation import evaluate, module_forward
@@ -137,12 +138,19 @@ def resolve_recipe(card, model_name: str | None, overrides: dict | None = None, 
 # ------------------------------------------------------------------------------------------------ small helpers
 
 def _atomic_save(obj, path: Path) -> None:
+    if is_url(path):  # an object store's PUT is atomic: the object is whole or absent
+        with path.open("wb") as f:
+            torch.save(obj, f)
+        return
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def _atomic_json(obj, path: Path) -> None:
+    if is_url(path):
+        path.write_text(json.dumps(obj, indent=1, default=str))
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     os.replace(tmp, path)
@@ -261,7 +269,7 @@ class TrainStage(Stage):
     help = "train a model with the data card's recipe, saving checkpoints on a schedule"
 
     def job(self, run, ctx: Context) -> "_Job":
-        return ctx.memo(("train", str(run)), lambda: _Job(Path(run), ctx, self))
+        return ctx.memo(("train", str(run)), lambda: _Job(location(run), ctx, self))
 
     def prepare(self, run, ctx: Context) -> None:
         self.job(run, ctx)  # checks the inputs against the folder, writes the manifest of a new run
@@ -277,7 +285,7 @@ class TrainStage(Stage):
         return read_manifest(run)
 
     def done(self, run) -> bool:
-        return (Path(run) / MANIFEST).is_file() and read_manifest(run)["status"] == "done"
+        return (location(run) / MANIFEST).is_file() and read_manifest(run)["status"] == "done"
 
 
 class _Job:
@@ -350,7 +358,8 @@ class _Job:
         start = 0
         if state_path.exists():
             try:
-                st = torch.load(state_path, map_location=dev, weights_only=False)
+                with state_path.open("rb") as f:
+                    st = torch.load(f, map_location=dev, weights_only=False)
             except Exception as e:  # noqa: BLE001 - a damaged state file is the folder's fault
                 raise ChanaxisError(f"cannot read '{state_path}' ({type(e).__name__}); delete it to restart the run "
                                     "from scratch") from None

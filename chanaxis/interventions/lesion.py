@@ -1,8 +1,11 @@
 """Single-channel lesions, peer replacement and the predictor tables (METHOD §6), written to `/lesion`.
 
-One unit per layer: the evaluation images go through the layer's prefix once; then each lesion (and each
-replacement variant) runs only the suffix, K variants per pass. A unit writes its layer's slice and then its done
-flag, so a killed run resumes at the unfinished layers, in any order and in any process.
+One unit per (layer, block of `unit_channels` lesioned channels): the evaluation images go through the layer's prefix
+once per unit; then each lesion (and each replacement variant) runs only the suffix, K variants per pass. A unit
+writes its block's slice and then its done flag, so a killed run resumes at the unfinished blocks, in any order and
+in any process (a cluster spreads one layer's blocks over its workers). Everything a block computes from the whole
+layer (the channel choice, the peer sets, the seeded random peer sets) is computed for the whole layer and sliced,
+so the values do not depend on the block size.
 """
 from __future__ import annotations
 
@@ -46,6 +49,10 @@ class LesionParams(Params):
     n_bins: int = param(5, "quantile bins of I(T;Y) for the within-bin Spearman", "bins", ge=1)
     precision: str = param("fp32", "precision of the evaluation passes that feed the results (bf16: autocast, "
                            "torch models only)", choices=("fp32", "bf16"))
+    unit_channels: int = param(64, "lesioned channels per unit of work (a layer with more is split into several "
+                               "units, which a cluster runs in parallel; rounded up to a multiple of the variants "
+                               "per pass); results do not depend on it, and a resumed run keeps the block size it "
+                               "started with", "channels", ge=1)
 
 
 def select_channels(layer, fraction: float, all_channels: bool, seed: int) -> dict[str, np.ndarray]:
@@ -74,8 +81,14 @@ def ridge_lambda(grp) -> float:
 
 
 class LesionStage(Stage):
-    """Lesions (METHOD §6): one unit per layer (its chosen channels silenced, then replaced from each peer set);
-    `finish` assembles /lesion and its predictor tables. `ctx.inputs`: optional `overwrite`."""
+    """Lesions (METHOD §6): one unit per (layer, block of at most `unit_channels` of its chosen channels), each
+    silenced, then replaced from each peer set; `finish` assembles /lesion and its predictor tables.
+    `ctx.inputs`: optional `overwrite`.
+
+    `unit_channels` only splits the work: it is not part of the stage's config (a rerun with another value is not
+    refused) and the final /lesion does not depend on it. While the stage runs, /lesion holds the raw per-block
+    results (`block_<variable>`, block × slot), `block_done` per block and `layer_done`/`run_mode` per layer; the
+    block size is recorded there (attr `unit_channels`) and a resumed run keeps it."""
 
     name = "lesion"
     needs = ("metrics",)
@@ -111,7 +124,8 @@ class LesionStage(Stage):
             raise ChanaxisError("peer replacement rewrites a layer's output inside a torch model, which this model "
                                 "is not; pass --no-replace to lesion without it")
         chans = self._channels(run, ctx)
-        _raw_group(grp, config, list(chans), sum(len(v) for v in chans.values()))
+        n_images = len(self._eval(run, ctx)[0])
+        _raw_group(grp, config, chans, block_size(self.params.unit_channels, n_images, self.params.batch_size))
         store.set_status(grp, self.name, "running")
 
     def units(self, run) -> list[Unit]:
@@ -120,15 +134,18 @@ class LesionStage(Stage):
         grp = store.open_group(run)
         p = self.params
         chans = select_channels(metrics_layers(grp), p.fraction, p.all_channels, p.seed)
-        done = np.asarray(grp[store.LESION]["layer_done"][...], bool)
+        lg = grp[store.LESION]
+        done = np.asarray(lg["block_done"][...], bool)
         per = 1 + (len(REPLACE_KINDS) if p.replace else 0)
-        return [Unit(f"layer/{name}", (li, name), work=len(ch) * per)
-                for li, (name, ch) in enumerate(chans.items()) if not done[li]]
+        blocks = lesion_blocks(chans, int(lg.attrs["unit_channels"]))
+        return [Unit(f"layer/{name}" if (lo, hi) == (0, len(chans[name])) else f"layer/{name}/{lo}-{hi}",
+                     (li, name, b, lo, hi), work=(hi - lo) * per)
+                for b, (li, name, lo, hi) in enumerate(blocks) if not done[b]]
 
     def run_unit(self, run, unit: Unit, ctx: Context) -> None:
-        """One layer: its lesions and replacements, written as one slice, then its done flag."""
+        """One block of one layer: its lesions and replacements, written as one slice, then its done flag."""
         p = self.params
-        li, name = unit.data
+        li, name, b, lo, hi = unit.data
         model = checked_model(run, ctx)
         chans = self._channels(run, ctx)
         ch = chans[name]
@@ -139,25 +156,31 @@ class LesionStage(Stage):
             rows = np.flatnonzero(strings(m["layer"].values) == name)[ch]
             hull = [r[r >= 0] for r in np.asarray(m["hull_members"].values)[rows]]
             top8 = [r[r >= 0] for r in np.asarray(m["top8_peers"].values)[rows]]
+            # seeded over the whole layer, then sliced: a block's sets are those of a one-unit layer
             rand = random_peer_sets([len(h) for h in hull], model.graph[name].c_out, ch, seed=[p.seed, li])
-            peer_sets = dict(zip(REPLACE_KINDS, (hull, top8, [[]] * len(ch), rand)))
+            peer_sets = {k: v[lo:hi] for k, v in zip(REPLACE_KINDS, (hull, top8, [[]] * len(ch), rand))}
             moments = layer_moments(run, name)
         base = self._base(run, ctx)
         with precision.autocast(p.precision, ctx.device, model):
-            res, mode = layer_damages(model, name, x, y, ch, base, moments, peer_sets, p.batch_size, p.suffix,
-                                      lam=self._lam(run, ctx))
-        lo = sum(len(chans[n]) for n in list(chans)[:li])
+            res, mode = layer_damages(model, name, x, y, ch[lo:hi], base, moments, peer_sets, p.batch_size,
+                                      p.suffix, lam=self._lam(run, ctx))
         lg = store.open_group(run, mode="r+")[store.LESION]
-        for k, v in res.items():
-            lg[k][lo:lo + len(ch)] = v
-        lg["run_mode"][li] = mode
-        lg["layer_done"][li] = True  # last: the layer counts only once its results are on disk
+        # each block owns one chunk of each array (`_raw_group`): blocks of one layer may be written at once
+        store.write_many([(lg[f"block_{k}"], (b, slice(0, hi - lo)), np.asarray(v, np.float64))
+                          for k, v in res.items()] + [(lg["run_mode"], li, mode)])
+        lg["block_done"][b] = True  # last: the block counts only once its results are on disk
+        of_layer = np.asarray(lg["block_layer"][...]) == li
+        if np.asarray(lg["block_done"][...], bool)[of_layer].all():
+            lg["layer_done"][li] = True  # (finish sets it too: two last blocks finishing at once may both miss it)
 
     def finish(self, run, ctx: Context) -> str:
         if not self.done(run):
             grp = store.open_group(run, mode="r+")
-            if not np.asarray(grp[store.LESION]["layer_done"][...], bool).all():
+            lg = grp[store.LESION]
+            block_done = np.asarray(lg["block_done"][...], bool)
+            if not block_done.all():
                 raise ChanaxisError(f"the lesions of '{run}' have unfinished layers; rerun the same command to resume")
+            lg["layer_done"][...] = True
             base_loss, base_acc = self._base(run, ctx)
             _finish(grp, self._metrics(run, ctx), self.config(grp), self._channels(run, ctx), base_loss, base_acc,
                     self._eval(run, ctx)[2], self.params.n_bins, self.params.replace)
@@ -218,7 +241,7 @@ def layer_damages(model, layer: str, x, y, channels, base: tuple[float, float], 
     ch = np.asarray(channels, np.intp)
     runner = SuffixRunner(model, layer, use_fx=suffix)
     nb = min(len(x), batch_size)
-    k_var = max(1, batch_size // nb)
+    k_var = variants_per_pass(len(x), batch_size)
     kinds = list(peer_sets or {})
     masks = lesion_variants(spec.c_out, ch)
     repl = None
@@ -239,8 +262,10 @@ def layer_damages(model, layer: str, x, y, channels, base: tuple[float, float], 
                 advance((k1 - k0) * len(xb) / len(x))
         if repl is not None:
             t, B, b = repl
-            for k0 in range(0, len(t), k_var):
-                k1 = min(len(t), k0 + k_var)
+            # passes never straddle two kinds: a channel's variants then share a pass with the same neighbours
+            # whether the layer runs as one unit or in blocks (a multiple of k_var), so the numbers are the same
+            for k0 in (j * len(ch) + i for j in range(len(kinds)) for i in range(0, len(ch), k_var)):
+                k1 = min(k0 - k0 % len(ch) + len(ch), k0 + k_var)
                 fn = replacer(t[k0:k1], B[k0:k1], b[k0:k1], spec.layout)
                 c, _ = outcome_sums(runner.run(cache, replace=fn, k=k1 - k0), yb)
                 ce[len(ch) + k0:len(ch) + k1] += c
@@ -254,23 +279,78 @@ def layer_damages(model, layer: str, x, y, channels, base: tuple[float, float], 
     return out, mode
 
 
-def _raw_group(grp, config, names, n_units):
-    if store.LESION in grp and "layer_done" in grp[store.LESION]:
+def lesion_blocks(chans: dict[str, np.ndarray], unit_channels: int) -> list[tuple[int, str, int, int]]:
+    """(layer index, layer, lo, hi) of every unit: each layer's chosen channels in blocks of `unit_channels`."""
+    return [(li, name, lo, min(len(ch), lo + unit_channels))
+            for li, (name, ch) in enumerate(chans.items()) for lo in range(0, len(ch), unit_channels)]
+
+
+def variants_per_pass(n_images: int, batch_size: int) -> int:
+    """Lesion variants that share one suffix pass (each pass holds `batch_size` images × variants)."""
+    return max(1, batch_size // max(1, min(n_images, batch_size)))
+
+
+def block_size(unit_channels: int, n_images: int, batch_size: int) -> int:
+    """`unit_channels` rounded up to a multiple of the variants per pass: a block's passes are then exactly passes
+    of a one-unit layer (float32 kernels may round differently with another number of variants per pass)."""
+    k = variants_per_pass(n_images, batch_size)
+    return -(-unit_channels // k) * k
+
+
+def _raw_group(grp, config, chans, unit_channels):
+    """The running /lesion: per block, its raw results (`block_<variable>`, one chunk per block, so blocks written
+    at once by several processes never share a chunk) and its done flag; per layer, `layer_done` and `run_mode`."""
+    names = list(chans)
+    if store.LESION in grp and "block_done" in grp[store.LESION]:
         return grp[store.LESION]
+    old = grp[store.LESION] if store.LESION in grp and "layer_done" in grp[store.LESION] else None
+    kept = None
+    if old is not None:  # a run started by a version with one unit per layer: keep its finished layers
+        unit_channels = max(1, max(len(c) for c in chans.values()))  # its block size: a whole layer
+        kept = {k: np.asarray(old[k][...], np.float64) for k in DAMAGE_VARS}
+        kept["layer_done"] = np.asarray(old["layer_done"][...], bool)
+        kept["run_mode"] = [str(v) for v in strings(old["run_mode"][...])]
+        for k in list(old.array_keys()):
+            del old[k]
+    blocks = lesion_blocks(chans, unit_channels)
     lg = grp.require_group(store.LESION)
-    lg.attrs["config"] = store.jsonable(config)  # on this handle: later writes through it keep the config
+    lg.attrs.update({"config": store.jsonable(config), "unit_channels": int(unit_channels)})
+    k_max = max(hi - lo for _, _, lo, hi in blocks)
     for k in DAMAGE_VARS:
-        store.new_array(lg, k, (n_units,), ["unit"], "float64")[:] = np.nan
+        store.new_array(lg, f"block_{k}", (len(blocks), k_max), ["block", "slot"], "float64",
+                        chunks=(1, k_max))[...] = np.nan
+    store.new_array(lg, "block_layer", (len(blocks),), ["block"], "int64")[...] = [b[0] for b in blocks]
+    store.new_array(lg, "block_done", (len(blocks),), ["block"], "bool", chunks=(1,))
     store.new_array(lg, "layer_done", (len(names),), ["layer"], "bool", chunks=(1,))
     store.new_array(lg, "run_mode", (len(names),), ["layer"], str, chunks=(1,))
+    if kept is not None:
+        offsets = np.concatenate([[0], np.cumsum([len(c) for c in chans.values()])])
+        for b, (li, _, lo, hi) in enumerate(blocks):
+            if kept["layer_done"][li]:
+                for k in DAMAGE_VARS:
+                    lg[f"block_{k}"][b, :hi - lo] = kept[k][offsets[li] + lo:offsets[li] + hi]
+                lg["run_mode"][li] = kept["run_mode"][li]
+                lg["block_done"][b] = True
+                lg["layer_done"][li] = True
     return lg
+
+
+def _raw_results(lg, chans) -> dict[str, np.ndarray]:
+    """The per-unit (flat, in /lesion order) values of every damage variable from the per-block raw arrays."""
+    blocks = lesion_blocks(chans, int(lg.attrs["unit_channels"]))
+    out = {}
+    for k in DAMAGE_VARS:
+        raw = np.asarray(lg[f"block_{k}"][...], np.float64)
+        out[k] = np.concatenate([raw[b, :hi - lo] for b, (_, _, lo, hi) in enumerate(blocks)]) if blocks \
+            else np.zeros(0)
+    return out
 
 
 def _finish(grp, m, config, chans, base_loss, base_acc, einfo, n_bins, replace):
     """/lesion from the raw per-layer slices: damages, recoveries, provenance; then /lesion/predictors."""
     names = list(chans)
     lg = grp[store.LESION]
-    data = {k: np.asarray(lg[k][...], np.float64) for k in DAMAGE_VARS}
+    data = _raw_results(lg, chans)
     modes = [str(v) for v in strings(lg["run_mode"][...])]
     layer_of_metrics = strings(m["layer"].values)
     rows = np.concatenate([np.flatnonzero(layer_of_metrics == n)[chans[n]] for n in names])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ChanaxisError
+from ..locations import is_url, location
 from ..params import Params, param
 from ..stage import Context, Stage, Unit, api, run_stage
 from .summary import summarize
@@ -46,8 +47,8 @@ class ReportStage(Stage):
         from .terminal import render
         summary = summarize(run)
         render(summary, ctx.console)
-        run = Path(run)
-        where = Path(self.params.out_dir) if self.params.out_dir else run.parent
+        run = location(run)
+        where = location(self.params.out_dir) if self.params.out_dir else run.parent
         if not writable(where):
             say = ctx.console.print if ctx.console is not None else print
             say(f"note: '{where}' is not writable: no figures or JSON summary written (pass --out-dir DIR)")
@@ -59,7 +60,7 @@ class ReportStage(Stage):
         ctx.memo(("report", str(run)), dict).update(summary)
 
     def finish(self, run, ctx: Context) -> dict:
-        summary = dict(ctx.memo(("report", str(Path(run))), dict))
+        summary = dict(ctx.memo(("report", str(location(run))), dict))
         ctx.forget("report")
         return summary
 
@@ -72,7 +73,7 @@ def writable(folder: Path) -> bool:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return False
-    return os.access(folder, os.W_OK)
+    return is_url(folder) or os.access(folder, os.W_OK)
 
 
 def report(run: str | Path, *, console=None, **params) -> dict:

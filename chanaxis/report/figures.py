@@ -10,19 +10,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..locations import location  # noqa: E402
 from ..store import open_run  # noqa: E402
 
 
 def _save(fig, out: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with out.open("wb") as f:  # a local file or an object at a URL alike
+        fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
     return out
 
 def figure_dir(run: str | Path, where: str | Path | None = None) -> Path:
     """`<where>/<run>_figures` (default beside the store)."""
-    run = Path(run)
-    d = Path(where or run.parent) / f"{run.stem}_figures"
+    run = location(run)
+    d = location(where or run.parent) / f"{run.stem}_figures"
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -4,6 +4,12 @@ Layer moments are chunked dask reductions over `/layers/<layer>/local` (threaded
 layer is one task and its reduction runs inside it); everything after that works on C×C matrices.
 Each layer's results are written to `/metrics_parts/<layer>` as soon as they exist, so a killed run resumes at the
 first unfinished layer; `/metrics` is assembled from the parts at the end.
+
+The gradient-geometry pass (METHOD §4, with `structure`) is split the same way: one unit per batch of
+`GEOMETRY_UNIT_IMAGES` calibration images, each writing its float64 sums for every layer to
+`/metrics_parts/geometry/<batch>`; `finish` adds them and computes grad_cos. Whether the pass runs is decided in
+`prepare` and recorded on `/metrics_parts/geometry` (a model without gradients, or one the store cannot rebuild,
+skips it with the reason).
 """
 from __future__ import annotations
 
@@ -23,6 +29,9 @@ from ..progress import progress_bar
 from ..stage import Context, Stage, Unit, api, run_stage
 
 STAGES = ("local", "target", "structure")
+# calibration images per gradient-geometry unit (a multiple of geometry.FORWARD_BATCH, so the forward passes are
+# those of a single pass and the sums differ only in the order they are added)
+GEOMETRY_UNIT_IMAGES = 256
 LOCAL_VARS = ("signal_power", "input_capture", "weight_norm_sq", "magnitude", "peer_overlap", "peer_r2_full",
               "peer_r2_top8", "hull_size", "hull_score")
 TARGET_VARS = ("task_info", "redundancy_t", "synergy", "unique_t")
@@ -114,9 +123,10 @@ class MetricsParams(Params):
 
 
 class MetricsStage(Stage):
-    """The two axes (METHOD §2–3), one unit per layer, then the structure analyses and geometry (§4) in `finish`.
+    """The two axes (METHOD §2–3), one unit per layer; with `structure`, one gradient-geometry unit (§4) per batch
+    of `GEOMETRY_UNIT_IMAGES` calibration images; then the structure analyses and grad_cos in `finish`.
 
-    With a cluster (`Context(scheduler=…)`/`workers=N`) each layer unit is one task; its reduction stays local."""
+    With a cluster (`Context(scheduler=…)`/`workers=N`) each unit is one task; a layer's reduction stays local."""
 
     name = "metrics"
     needs = ("capture",)
@@ -144,13 +154,21 @@ class MetricsStage(Stage):
                                  clear=(store.METRICS_PARTS, store.METRICS, store.STRUCTURE))
         store.set_stage_config(grp, self.name, cfg)
         store.set_status(grp, self.name, "running")
+        if "structure" in self.params.only:
+            _plan_geometry(run, grp, self.params.to_dict(), ctx)
 
     def units(self, run) -> list[Unit]:
         grp = store.open_group(run)
-        return [Unit(f"layer/{name}", name) for name in _layers(grp)
+        todo = [Unit(f"layer/{name}", name) for name in _layers(grp)
                 if not (store.metrics_part(name) in grp and grp[store.metrics_part(name)].attrs.get("done"))]
+        if "structure" in self.params.only:
+            todo += [Unit(f"geometry/{b}", ("geometry", b, lo, hi)) for b, lo, hi in _geometry_batches(grp)
+                     if not _geometry_done(grp, b)]
+        return todo
 
     def run_unit(self, run, unit: Unit, ctx: Context) -> None:
+        if unit.key.startswith("geometry/"):
+            return self._geometry_unit(run, unit, ctx)
         name = unit.data
         grp = store.open_group(run, mode="r+")
         m = moments.compute(run, name, scheduler=ctx.memo(("scheduler",), lambda: _scheduler(ctx)))
@@ -158,6 +176,23 @@ class MetricsStage(Stage):
         res = layer_metrics(m, weight, self.params.only, self.params.to_dict())
         # kept in memory for `finish` in this process (no read-back); another process reads the part
         ctx.memo(("metrics", str(run)), dict)[name] = _write_part(grp, name, res, m)
+
+    def _geometry_unit(self, run, unit: Unit, ctx: Context) -> None:
+        """One batch of calibration images through the model: every layer's float64 sums, then the done flag."""
+        from ..geometry import geometry_partial
+        _, b, lo, hi = unit.data
+        grp = store.open_group(run, mode="r+")
+        sums = geometry_partial(run, grp, _layers(grp), ctx.model(run), lo, hi, loader_for=ctx.loader)
+        node = store.geometry_part(b)
+        if node in grp:
+            del grp[node]
+        g = grp.require_group(node)
+        g.attrs.update({"lo": lo, "hi": hi})
+        # one dimension per layer: open_run reads the node as a dataset, where sizes must agree per dimension
+        store.write_many([(store.new_array(g, name, v.shape, [f"sums_{name}"], "float64"), Ellipsis, v)
+                          for name, v in sums.items()])
+        g.attrs["done"] = True  # last: the batch counts only once its sums are on disk
+        ctx.memo(("metrics_geometry", str(run)), dict)[b] = sums
 
     def finish(self, run, ctx: Context) -> str:
         grp = store.open_group(run, mode="r+")
@@ -171,7 +206,7 @@ class MetricsStage(Stage):
         geometry, why = None, "not asked (only without structure)"
         with progress_bar(ctx.progress) as bar:
             if "structure" in only:
-                geometry, why = _geometry(run, grp, layers, p, ctx, bar)
+                geometry, why = _geometry(run, grp, layers, ctx)
                 if geometry is not None:
                     ds["grad_cos"] = ("unit", np.concatenate([geometry[l] for l in layers]))
                     ds["grad_cos"].attrs = {"units": UNITS["grad_cos"][0], "estimator": UNITS["grad_cos"][1]}
@@ -408,14 +443,56 @@ def _propagation(grp, layers, ds):
 
 
 # --------------------------------------------------------------------------- gradient geometry (METHOD §4)
-def _geometry(run, grp, layers, p, ctx: Context, bar):
-    """(per-layer grad_cos, what was done) on the study's model and device; skipped, with the reason recorded,
-    for a model without gradients (ONNX) or one the store cannot rebuild (a Python nn.Module not passed again)."""
-    from ..geometry import geometry_pass
+def _plan_geometry(run, grp, p, ctx: Context) -> None:
+    """Whether the geometry units run, recorded on /metrics_parts/geometry (attrs `status`, `images`,
+    `unit_images`): on the study's model and device; skipped, with the reason, for a model without gradients (ONNX)
+    or one the store cannot rebuild (a Python nn.Module not passed again). Sums of another batching are dropped."""
+    from ..geometry import geometry_images, has_gradients
     try:
-        model = ctx.model(run)
+        why = "computed" if has_gradients(ctx.model(run)) else "skipped (model without gradients)"
     except ChanaxisError as e:
-        return None, f"skipped ({e})"
-    if "gradients" not in getattr(model, "capabilities", ()) or not hasattr(model, "module"):
-        return None, "skipped (model without gradients)"
-    return geometry_pass(run, grp, layers, p, model, bar, loader_for=ctx.loader), "computed"
+        why = f"skipped ({e})"
+    plan = {"images": geometry_images(grp, p), "unit_images": GEOMETRY_UNIT_IMAGES}
+    node = store.geometry_part()
+    if node in grp and any(grp[node].attrs.get(k) != v for k, v in plan.items()):
+        del grp[node]
+    grp.require_group(node).attrs.update({**plan, "status": why})
+
+
+def _geometry_batches(grp) -> list[tuple[int, int, int]]:
+    """(batch, lo, hi) of every geometry unit; none when the pass is skipped (or not planned)."""
+    node = store.geometry_part()
+    a = grp[node].attrs if node in grp else {}
+    if a.get("status") != "computed":
+        return []
+    n, step = int(a["images"]), int(a["unit_images"])
+    return [(b, lo, min(n, lo + step)) for b, lo in enumerate(range(0, n, step))]
+
+
+def _geometry_done(grp, b: int) -> bool:
+    node = store.geometry_part(b)
+    return node in grp and bool(grp[node].attrs.get("done"))
+
+
+def _geometry(run, grp, layers, ctx: Context):
+    """(per-layer grad_cos, what was done) from the geometry units' sums, added in batch order."""
+    from ..geometry import reduce_sums
+    node = store.geometry_part()
+    why = grp[node].attrs.get("status", "skipped (not planned)") if node in grp else "skipped (not planned)"
+    if why != "computed":
+        return None, why
+    have = ctx.memo(("metrics_geometry", str(run)), dict)
+    batches = _geometry_batches(grp)
+    missing = [b for b, _, _ in batches if b not in have and not _geometry_done(grp, b)]
+    if missing:
+        raise ChanaxisError(f"the gradient-geometry pass of '{run}' has unfinished batches ({len(missing)}); rerun "
+                            "the same command to resume")
+    parts = []
+    for b, _, _ in batches:
+        if b in have:
+            parts.append(have[b])
+        else:
+            g = grp[store.geometry_part(b)]
+            parts.append({l: np.asarray(g[l][...], np.float64) for l in layers})
+    ctx.forget("metrics_geometry")
+    return reduce_sums(grp, layers, parts), "computed"

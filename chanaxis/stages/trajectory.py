@@ -22,6 +22,7 @@ import xarray as xr
 from .. import store
 from ..checkpoints import load_into, read_state_dict
 from ..errors import ChanaxisError
+from ..locations import absolute, location
 from ..estimators.structure import spearman_matrix
 from ..params import Params, as_pairs, check_keywords, param
 from ..progress import progress_bar
@@ -46,7 +47,7 @@ class Checkpoint:
 
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -60,7 +61,7 @@ def epoch_of(path: Path) -> int | None:
 
 def find_checkpoints(run_dir: str | Path) -> tuple[dict | None, list[Checkpoint]]:
     """(training manifest or None, checkpoints by epoch) of a training run or a folder of state dicts."""
-    d = Path(run_dir)
+    d = location(run_dir)
     if not d.is_dir():
         raise ChanaxisError(f"'{d}' is not a folder; give a training run folder (chanaxis train --out) or a folder "
                             "of state dicts named with epoch numbers (epoch_3.pt)")
@@ -172,12 +173,12 @@ class TrajectoryStage(Stage):
                 "metrics_params": dict(p.metrics_params or ())}
 
     def job(self, run, ctx: Context) -> "_Job":
-        return ctx.memo(("trajectory", str(run)), lambda: _Job(Path(run), ctx, self))
+        return ctx.memo(("trajectory", str(run)), lambda: _Job(location(run), ctx, self))
 
     def prepare(self, run, ctx: Context) -> None:
         job = self.job(run, ctx)
         p = self.params
-        cfg = {"source": str(job.run_dir.resolve()), "model": job.name, **job.opts, "grad_cos": p.grad_cos,
+        cfg = {"source": str(absolute(job.run_dir)), "model": job.name, **job.opts, "grad_cos": p.grad_cos,
                "geometry_images": p.geometry_images if p.grad_cos else None}
         grp = store.create_or_resume(run, cfg)
         store.set_status(grp, self.name, "running")
@@ -186,7 +187,7 @@ class TrajectoryStage(Stage):
     def units(self, run) -> list[Unit]:
         cfg = store.run_config(run)
         _, ckpts = find_checkpoints(cfg["source"])
-        opts, work = self.options(cfg["dataset"]), work_dir(Path(run))
+        opts, work = self.options(cfg["dataset"]), work_dir(location(run))
         return [Unit(f"checkpoint/{c.epoch}", c) for c in ckpts
                 if not _checkpoint_done(c, work / f"epoch_{c.epoch:04d}.zarr", opts) or self.geometry_due(work, c)]
 
@@ -212,7 +213,7 @@ class TrajectoryStage(Stage):
             stages.run_stage(capture, path, Context(
                 device=ctx.device, progress=ctx.progress, model=model, data_root=job.root, dataset=job.opts["dataset"],
                 loader_workers=ctx.loader_workers,
-                extra_config={"trajectory": {"epoch": c.epoch, "checkpoint": str(c.path.resolve())}}))
+                extra_config={"trajectory": {"epoch": c.epoch, "checkpoint": str(absolute(c.path))}}))
             metrics = stages.get("metrics")(only=("local", "target"), **job.opts["metrics_params"])
             stages.run_stage(metrics, path, Context(device=ctx.device, progress=ctx.progress, model=model,
                                                     loader_workers=ctx.loader_workers))
@@ -228,7 +229,7 @@ class TrajectoryStage(Stage):
         job = self.job(run, ctx)
         grp = store.open_group(run, mode="r+")
         stores = {c.epoch: job.work / f"epoch_{c.epoch:04d}.zarr" for c in job.ckpts}
-        _assemble(grp, Path(run), stores, job.manifest, with_geometry=self.params.grad_cos)
+        _assemble(grp, location(run), stores, job.manifest, with_geometry=self.params.grad_cos)
         store.set_status(grp, self.name, "done")
         ctx.forget("trajectory")
         return str(run)
@@ -240,7 +241,7 @@ class _Job:
     def __init__(self, out: Path, ctx: Context, stage: TrajectoryStage):
         from ..data import get_card
         from ..registry import load_model
-        self.run_dir = Path(ctx.inputs["run_dir"])
+        self.run_dir = location(ctx.inputs["run_dir"])
         self.manifest, self.ckpts = find_checkpoints(self.run_dir)
         manifest, dataset, model = self.manifest, ctx.inputs.get("dataset"), ctx.inputs.get("model_spec")
         spec = dict(manifest["model"]) if manifest else {}
@@ -319,7 +320,7 @@ def trajectory(run_dir: str | Path, dataset: str | None = None, out: str | Path 
     out: the trajectory store (default RUN_DIR/trajectory.zarr). The calibration images are the same at every
     checkpoint: they depend only on (seed, n_calibration)."""
     stage = TrajectoryStage(**params)
-    out = Path(out) if out is not None else Path(run_dir) / "trajectory.zarr"
+    out = location(out) if out is not None else location(run_dir) / "trajectory.zarr"
     ctx = Context(device=device, progress=progress, data_root=root, run_dir=run_dir, dataset=dataset,
                   loader_workers=loader_workers, scheduler=scheduler, workers=workers,
                   model_spec=model)
