@@ -13,6 +13,7 @@ import threading
 import time
 
 import distributed
+import numpy as np
 import pytest
 from storecmp import arrays, differences
 
@@ -144,3 +145,51 @@ def test_without_a_cluster_nothing_changes(monkeypatch, bases, tmp_path):
     shutil.copytree(bases["captured"], run)
     chanaxis.metrics(run, progress=False, workers=1, **METRICS)
     assert S.Context(workers=1).cluster() is None and S.Context().cluster() is None
+
+
+def test_driver_killed_mid_stage_then_rerun_resumes_and_equals_uninterrupted(bases, tmp_path):
+    """The driver (`chanaxis lesion --workers 2`) SIGKILLed while its cluster runs the units: rerunning the same
+    command takes over its lock, submits only the units not done, and ends equal to an uninterrupted run."""
+    import subprocess
+    import sys
+    import zarr
+    params = {"fraction": 0.1, "eval_images": 64, "batch_size": 64, "unit_channels": 1, "replace": False}
+    ref, run = tmp_path / "ref.zarr", tmp_path / "run.zarr"
+    shutil.copytree(bases["measured"], ref)
+    shutil.copytree(bases["measured"], run)
+    chanaxis.lesion(ref, progress=False, **{**params, "unit_channels": 64})  # results do not depend on it
+    cmd = [sys.executable, "-m", "chanaxis.cli.main", "lesion", str(run), "--workers", "2", "--fraction", "0.1",
+           "--eval-images", "64", "--batch-size", "64", "--unit-channels", "1", "--no-replace"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # a session of its own: whatever the killed driver leaves (its cluster's processes) is stopped with it below
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    done_at_kill = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            try:
+                lg = zarr.open_group(str(run), mode="r")["lesion"]
+                done = np.asarray(lg["block_done"][...], bool)
+            except (KeyError, FileNotFoundError, ValueError):
+                done = None
+            if done is not None and 2 <= done.sum() < len(done) - 2:
+                os.kill(driver.pid, signal.SIGKILL)  # the driver only: its workers are orphaned mid-task
+                done_at_kill = (int(done.sum()), len(done))
+                break
+            time.sleep(0.05)
+        driver.wait(30)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)   # the orphaned cluster processes
+        except ProcessLookupError:
+            pass
+    assert done_at_kill is not None, "the driver was not killed mid-stage: the test did not exercise the fault"
+    assert chanaxis.store.stage_state(run, "lesion") == "running"
+    left = S.get("lesion")(**params).units(run)
+    assert 0 < len(left) <= done_at_kill[1] - done_at_kill[0]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert chanaxis.store.stage_state(run, "lesion") == "done"
+    diff = differences(arrays(ref, ["lesion"]), arrays(run, ["lesion"]))
+    assert not diff, diff
