@@ -10,17 +10,21 @@ import torch.nn.functional as F
 from .errors import ChanaxisError
 
 
-def outcome_sums(logits, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-variant sums over images of cross-entropy (nats) and correct predictions; logits N×classes or
-    K×N×classes (K variants of the same images), summed in float64."""
+def _per_image(logits, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits = torch.as_tensor(logits).float()
     if logits.ndim == 2:
         logits = logits[None]
     k, n, c = logits.shape
     yy = y.to(logits.device).repeat(k)
     ce = F.cross_entropy(logits.reshape(-1, c), yy, reduction="none").reshape(k, n)
-    correct = (logits.argmax(-1) == yy.reshape(k, n)).float()
-    return ce.sum(1).double().cpu().numpy(), correct.sum(1).double().cpu().numpy()
+    return ce, logits.argmax(-1) == yy.reshape(k, n)
+
+
+def outcome_sums(logits, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-variant sums over images of cross-entropy (nats) and correct predictions; logits N×classes or
+    K×N×classes (K variants of the same images), summed in float64."""
+    ce, correct = _per_image(logits, y)
+    return ce.sum(1).double().cpu().numpy(), correct.float().sum(1).double().cpu().numpy()
 
 
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
@@ -40,6 +44,25 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable)
     if n == 0:
         raise ChanaxisError("no evaluation images: the evaluation split or subset is empty")
     return ce / n, 100.0 * ok / n
+
+
+@torch.no_grad()
+def evaluate_images(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable):
+    """`evaluate`'s mean loss and accuracy (the same values, summed the same way) plus the per-image outcomes behind
+    them: (loss, acc %, per-image cross-entropy float32 nats, per-image correctness bool), so that
+    acc == 100 · correct.sum() / len(correct) exactly."""
+    ce_sum = ok = 0.0
+    ces, oks = [], []
+    for x, y in batches:
+        ce, correct = _per_image(forward(x), y)
+        ce_sum, ok = ce_sum + float(ce.sum(1).double()[0]), ok + float(correct.float().sum(1).double()[0])
+        ces.append(ce[0].cpu().numpy().astype(np.float32))
+        oks.append(correct[0].cpu().numpy().astype(bool))
+    if not ces:
+        raise ChanaxisError("no evaluation images: the evaluation split or subset is empty")
+    loss_img, correct_img = np.concatenate(ces), np.concatenate(oks)
+    n = len(correct_img)
+    return ce_sum / n, 100.0 * ok / n, loss_img, correct_img
 
 
 def model_forward(model, masks=None) -> Callable:

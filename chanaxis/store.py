@@ -194,14 +194,18 @@ async def _copy_keys(src, dst, prefix: str, skip=("zarr.json",)) -> None:
     await asyncio.gather(*(copy(k) for k in keys))
 
 
-def _array_kwargs(shape, dims, dtype, chunks=None, attrs=None, compress=False) -> dict:
+def _array_kwargs(shape, dims, dtype, chunks=None, attrs=None, compress=False, fill_value=None) -> dict:
     return dict(shape=tuple(shape), chunks=tuple(chunks or shape), dtype=dtype, dimension_names=list(dims),
-                compressors="auto" if compress else None, fill_value="" if dtype is str else 0,
+                compressors="auto" if compress else None,
+                fill_value=fill_value if fill_value is not None else "" if dtype is str else 0,
                 attributes=attrs or {}, overwrite=True)
 
 
-def new_array(group: zarr.Group, name: str, shape, dims, dtype, chunks=None, attrs=None, compress=False):
-    return group.create_array(name, **_array_kwargs(shape, dims, dtype, chunks, attrs, compress))
+def new_array(group: zarr.Group, name: str, shape, dims, dtype, chunks=None, attrs=None, compress=False,
+              fill_value=None):
+    """A new array (replacing one of that name); `fill_value` is what an unwritten chunk reads as (default 0 or
+    ""), so an array filled by many units needs no writes up front."""
+    return group.create_array(name, **_array_kwargs(shape, dims, dtype, chunks, attrs, compress, fill_value))
 
 
 def new_arrays(group: zarr.Group, groups: dict[str, dict] | None = None, arrays: list[dict] | None = None) -> None:

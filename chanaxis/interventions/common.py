@@ -40,17 +40,20 @@ def load_eval_images(run, n: int | None, seed: int = 0, handle=None, ctx=None):
     from ..data.loader import Loader
     from ..reload import dataset_from_store
     h = handle or dataset_from_store(run, split="eval")
-    total = len(h.dataset)
-    if n is None or n >= total:
-        idx = np.arange(total)
-    else:
-        if n < 1:
-            raise ChanaxisError(f"--eval-images must be ≥ 1, not {n}")
-        idx = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+    idx = eval_indices(len(h.dataset), n, seed)
     x, y = (ctx.loader(h.dataset) if ctx is not None else Loader(h.dataset)).images(idx)
     info = {"split": getattr(h, "split", "eval"), "n_images": int(len(idx)), "seed": seed,
             "indices_sha256": hashlib.sha256(np.ascontiguousarray(idx, np.int64).tobytes()).hexdigest()}
     return x, y, info
+
+
+def eval_indices(total: int, n: int | None, seed: int = 0) -> np.ndarray:
+    """The evaluation split's indices `load_eval_images` reads: all, or a sorted seeded subset of `n`."""
+    if n is None or n >= total:
+        return np.arange(total)
+    if n < 1:
+        raise ChanaxisError(f"--eval-images must be ≥ 1, not {n}")
+    return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
 
 
 def strings(a) -> np.ndarray:

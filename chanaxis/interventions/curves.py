@@ -37,6 +37,15 @@ def mean_over(reduction, acc, lo: float, hi: float) -> float:
     return float(np.trapezoid(np.interp(grid, x, y), grid) / (hi - lo))
 
 
+def auc_weights(reduction, lo: float, hi: float) -> np.ndarray:
+    """The weight of each point's accuracy in `mean_over(reduction, acc, lo, hi)`, which is linear in `acc` once the
+    MACs reductions and the interval are fixed: Σ weights · acc equals it for any finite `acc` (NaN weights where
+    `mean_over` gives NaN). The image bootstrap recomputes resampled AUCs through these."""
+    x = np.asarray(reduction, np.float64)
+    eye = np.eye(x.size)
+    return np.array([mean_over(x, eye[i], lo, hi) for i in range(x.size)])
+
+
 def auc(curves: dict, interval=None) -> tuple[dict, tuple[float, float]]:
     """`auc` per curve: mean accuracy (%) over the MACs-reduction interval every curve covers."""
     lo, hi = interval if interval is not None else common_interval(curves.values())

@@ -3,7 +3,9 @@
 One unit per (method, level, seed) cell: its one-shot evaluation, then its fine-tune, each written before its done
 flag, so a killed sweep resumes at the unfinished cells, in any order and in any process. Scores that do not depend
 on the seed give the same one-shot cell for every seed: a later seed copies the first seed's cell when it is done,
-and measures it itself (the same value) when not.
+and measures it itself (the same value) when not. Every cell keeps its per-image outcomes (correctness and loss on
+each evaluation image, the same images for every cell), and the contrasts' intervals are a paired bootstrap of those
+images, nested with the seeds when there are ≥ 3 of them (`chanaxis.uncertainty`).
 """
 from __future__ import annotations
 
@@ -16,14 +18,16 @@ import xarray as xr
 
 from .. import precision as prec
 from .. import store
+from .. import uncertainty as unc
 from ..capabilities import require
 from ..errors import ChanaxisError
-from ..evaluation import evaluate, model_forward, module_forward, tensor_batches
+from ..evaluation import evaluate_images, model_forward, module_forward, tensor_batches
 from ..params import Params, param
 from ..stage import Context, Stage, Unit, api, run_stage
 from . import curves
 from . import scores as sc
-from .common import checked_model, load_eval_images, metrics_layers, metrics_table, require_metrics, strings
+from .common import (checked_model, eval_indices, load_eval_images, metrics_layers, metrics_table,
+                     require_metrics, strings)
 from .finetune import finetune, taylor_scores
 from .masks import PruningPlan
 
@@ -32,6 +36,9 @@ SEEDS = (42, 123, 456, 789, 1011)
 REGIMES = ("oneshot", "finetuned")
 CELL_VARS = ("macs_retained", "channel_sparsity", "acc_oneshot", "loss", "acc_finetuned", "loss_finetuned")
 ONESHOT_VARS = ("macs_retained", "channel_sparsity", "acc_oneshot", "loss")
+# per-image outcomes of every cell on the evaluation images (the paired image bootstrap resamples them)
+IMAGE_VARS = {"oneshot": ("correct_oneshot", "loss_oneshot_image"),
+              "finetuned": ("correct_finetuned", "loss_finetuned_image")}
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,8 @@ class PruneParams(Params):
     lr: float = param(1e-4, "Adam learning rate of the fine-tune", gt=0)
     taylor_images: int = param(1024, "calibration images of the taylor score (one accumulated gradient)", "images",
                                ge=1)
-    n_resamples: int = param(10_000, "bootstrap resamples of the paired AUC differences", "resamples", ge=1)
+    n_resamples: int = param(10_000, "bootstrap resamples of the paired AUC differences (evaluation images, "
+                                    "and seeds from 3 on)", "resamples", ge=1)
     precision: str = param("fp32", "precision of the evaluation passes that feed the results (bf16: autocast, "
                            "torch models only)", choices=("fp32", "bf16"))
     finetune_precision: str = param("auto", "fine-tuning precision: bf16 autocast with channels_last memory, or "
@@ -107,7 +115,7 @@ class PruneStage(Stage):
         if self.done(run):
             return
         layer_of = metrics_layers(grp)
-        pg = _raw_group(grp, config, len(layer_of))
+        pg = _raw_group(grp, config, len(layer_of), len(self._eval(run, ctx)[1]))
         if self._needs_taylor(config) and not bool(pg.attrs.get("taylor_done")):
             tx, ty = _calibration_images(run, p.taylor_images)
             names = _unique(layer_of)
@@ -143,20 +151,22 @@ class PruneStage(Stage):
         cfg = self.config(model)
         mth, level, seed = cfg["methods"][mi], cfg["levels"][li], cfg["seeds"][si]
         plan = self._plan(run, ctx)
-        x, y, _ = self._eval(run, ctx)
+        x, y, _, _ = self._eval(run, ctx)
         keep = sc.allocate(self._scores(run, ctx, mth, seed), level, cfg["allocation"], self._taylor_layers(run, ctx))
         eff = plan.effective(keep)
         pg = store.open_group(run, mode="r+")[store.PRUNING]
         cell = (mi, li, si)
         if not pg["oneshot_done"][cell]:
             if mth != "random" and si > 0 and pg["oneshot_done"][mi, li, 0]:
-                vals = {k: pg[k][mi, li, 0] for k in ONESHOT_VARS}  # a seed-free score: the first seed's cell
+                # a seed-free score: the first seed's cell, its per-image outcomes included
+                vals = {k: pg[k][mi, li, 0] for k in ONESHOT_VARS + IMAGE_VARS["oneshot"]}
             else:
                 with prec.autocast(p.precision, ctx.device, model):
-                    loss, acc = evaluate(model_forward(model, plan.masks(eff)), tensor_batches(x, y, p.batch_size))
+                    loss, acc, loss_img, correct = evaluate_images(model_forward(model, plan.masks(eff)),
+                                                                   tensor_batches(x, y, p.batch_size))
                 pruned = sum(int((~k).sum()) for k in keep.values())
                 vals = {"macs_retained": plan.macs(eff), "channel_sparsity": pruned / plan.n_prunable(),
-                        "acc_oneshot": acc, "loss": loss}
+                        "acc_oneshot": acc, "loss": loss, "correct_oneshot": correct, "loss_oneshot_image": loss_img}
             for k, v in vals.items():
                 pg[k][cell] = v
             pg["oneshot_done"][cell] = True  # last: the cell counts only once its values are on disk
@@ -164,11 +174,13 @@ class PruneStage(Stage):
             net = finetune(model, eff, ctx.loader(self._train(run, ctx)), p.finetune_epochs, p.finetune_batches,
                            p.lr, seed, p.batch_size, precision=cfg["finetune_precision"])
             with prec.autocast(p.precision, ctx.device, model):
-                loss_ft, acc_ft = evaluate(module_forward(net, getattr(model, "device", "cpu")),
-                                           tensor_batches(x, y, p.batch_size))
+                loss_ft, acc_ft, loss_img, correct = evaluate_images(
+                    module_forward(net, getattr(model, "device", "cpu")), tensor_batches(x, y, p.batch_size))
             del net
             pg["acc_finetuned"][cell] = acc_ft
             pg["loss_finetuned"][cell] = loss_ft
+            pg["correct_finetuned"][cell] = correct
+            pg["loss_finetuned_image"][cell] = loss_img
             pg["finetune_done"][cell] = True
 
     def finish(self, run, ctx: Context) -> str:
@@ -182,11 +194,11 @@ class PruneStage(Stage):
                 todo |= ~np.asarray(pg["finetune_done"][...], bool)
             if todo.any():
                 raise ChanaxisError(f"the pruning of '{run}' has unfinished cells; rerun the same command to resume")
-            x, y, einfo = self._eval(run, ctx)
+            x, y, einfo, idx = self._eval(run, ctx)
             with prec.autocast(self.params.precision, ctx.device, model):
-                base_loss, base_acc = evaluate(model_forward(model), tensor_batches(x, y, self.params.batch_size))
+                base = evaluate_images(model_forward(model), tensor_batches(x, y, self.params.batch_size))
             plan = self._plan(run, ctx)
-            ds = _assemble(pg, cfg, self._metrics(run, ctx), plan.full_macs, base_loss, base_acc, einfo, plan,
+            ds = _assemble(pg, cfg, self._metrics(run, ctx), plan.full_macs, base, einfo, idx, plan,
                            self.params.n_resamples, self._taylor(run, ctx))
             store.write_dataset(grp, store.PRUNING, ds)
             store.set_stage_config(grp, "prune", cfg, node=store.PRUNING)
@@ -236,8 +248,14 @@ class PruneStage(Stage):
         return ctx.memo(("prune", str(run), "score", method, seed), make)
 
     def _eval(self, run, ctx):
-        return ctx.memo(("prune", str(run), "eval", self.params.eval_images),
-                        lambda: load_eval_images(run, self.params.eval_images, ctx=ctx))
+        """The evaluation images (x, y), their description and their indices in the evaluation split: the same
+        seeded subset for every cell, in every process, so per-image outcomes are paired across cells."""
+        def make():
+            from ..reload import dataset_from_store
+            h = dataset_from_store(run, split="eval")
+            x, y, info = load_eval_images(run, self.params.eval_images, handle=h, ctx=ctx)
+            return x, y, info, eval_indices(len(h.dataset), self.params.eval_images)
+        return ctx.memo(("prune", str(run), "eval", self.params.eval_images), make)
 
     def _train(self, run, ctx):
         from ..reload import dataset_from_store
@@ -280,27 +298,48 @@ def _calibration_images(run, n):
     return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
 
 
-def _raw_group(grp, config, n_units):
-    if store.PRUNING in grp and "oneshot_done" in grp[store.PRUNING]:
-        return grp[store.PRUNING]
-    pg = grp.require_group(store.PRUNING)
-    pg.attrs["config"] = store.jsonable(config)  # on this handle: later writes through it keep the config
+def _raw_group(grp, config, n_units, n_images):
+    """The raw cell arrays the units fill, one chunk per cell (units never share one)."""
     shape = (len(config["methods"]), len(config["levels"]), len(config["seeds"]))
     dims = ["method", "level", "seed"]
+    if store.PRUNING in grp and "oneshot_done" in grp[store.PRUNING]:
+        pg = grp[store.PRUNING]
+        if "correct_oneshot" not in pg:  # begun by a chanaxis that kept no per-image outcomes: redo its cells
+            _image_arrays(pg, shape, dims, n_images)
+            for k in ("oneshot_done", "finetune_done"):
+                pg[k][...] = False
+        return pg
+    pg = grp.require_group(store.PRUNING)
+    pg.attrs["config"] = store.jsonable(config)  # on this handle: later writes through it keep the config
+    # one chunk per cell in every array the units write: cells written at once by several processes (a
+    # cluster's workers) never share a chunk, whose read-modify-write would lose one of them
     for k in CELL_VARS:
-        store.new_array(pg, k, shape, dims, "float64")[...] = np.nan
+        store.new_array(pg, k, shape, dims, "float64", chunks=(1, 1, 1), fill_value=np.nan)
     for k in ("oneshot_done", "finetune_done"):
-        store.new_array(pg, k, shape, dims, "bool")
+        store.new_array(pg, k, shape, dims, "bool", chunks=(1, 1, 1))
+    _image_arrays(pg, shape, dims, n_images)
     store.new_array(pg, "taylor", (n_units,), ["unit"], "float64")[...] = np.nan
     return pg
 
 
-def _assemble(pg, config, m, full, base_loss, base_acc, einfo, plan, n_resamples, taylor_unit) -> xr.Dataset:
+def _image_arrays(pg, shape, dims, n_images):
+    for correct, loss in IMAGE_VARS.values():
+        store.new_array(pg, correct, shape + (n_images,), dims + ["image"], "bool", chunks=(1, 1, 1, n_images))
+        store.new_array(pg, loss, shape + (n_images,), dims + ["image"], "float32", chunks=(1, 1, 1, n_images))
+
+
+def _assemble(pg, config, m, full, base, einfo, image_index, plan, n_resamples, taylor_unit) -> xr.Dataset:
     methods, levels, seeds = config["methods"], config["levels"], config["seeds"]
+    base_loss, base_acc, base_loss_img, base_correct = base
     raw = {k: np.asarray(pg[k][...], np.float64) for k in CELL_VARS}
+    regimes = [r for r in REGIMES if r == "oneshot" or config["finetune_epochs"] > 0]
+    per_image = {k: np.asarray(pg[k][...]) for r in regimes for k in IMAGE_VARS[r]}
     ds = xr.Dataset(coords={"method": strings(methods), "level": np.asarray(levels, np.float64),
                             "seed": np.asarray(seeds, np.int64),
-                            "axis": ("method", strings([sc.AXIS[mm] for mm in methods]))})
+                            "axis": ("method", strings([sc.AXIS[mm] for mm in methods])),
+                            "image": ("image", np.asarray(image_index, np.int64),
+                                      {"description": "index in the evaluation split of each evaluation image (the "
+                                                      "same seeded subset for every cell)"})})
     cube = ("method", "level", "seed")
     ds["macs_retained"] = (cube, raw["macs_retained"], {"units": "MACs", "description": "analytic MACs per image "
                            "from the effective kept in/out channels of every conv and linear (classifier included)",
@@ -314,6 +353,21 @@ def _assemble(pg, config, m, full, base_loss, base_acc, einfo, plan, n_resamples
     ds["acc_finetuned"] = (cube, raw["acc_finetuned"], {"units": "%", "description": "after Adam fine-tuning with "
                            "masks re-applied after each step (NaN: not run)"})
     ds["loss_finetuned"] = (cube, raw["loss_finetuned"], {"units": "nats"})
+    cells = cube + ("image",)
+    for r in regimes:
+        cname, lname = IMAGE_VARS[r]
+        net = "masked network, no fine-tuning" if r == "oneshot" else "fine-tuned masked network"
+        ds[cname] = (cells, per_image[cname].astype(bool), {
+            "long_name": f"per-image correctness, {r}", "units": "1", "description": f"whether the {net} "
+            f"classifies each evaluation image correctly; acc_{r} = 100 · mean over image"})
+        ds[lname] = (cells, per_image[lname].astype(np.float32), {
+            "long_name": f"per-image cross-entropy, {r}", "units": "nats", "description": f"cross-entropy of the "
+            f"{net} on each evaluation image (float32); {'loss' if r == 'oneshot' else 'loss_finetuned'} = mean "
+            "over image"})
+    ds["correct_base"] = ("image", np.asarray(base_correct, bool), {
+        "long_name": "per-image correctness, unpruned", "units": "1"})
+    ds["loss_base_image"] = ("image", np.asarray(base_loss_img, np.float32), {
+        "long_name": "per-image cross-entropy, unpruned", "units": "nats"})
     reduction = 1 - raw["macs_retained"] / full
     ds["macs_reduction"] = (cube, reduction, {"units": "fraction", "description": "1 - macs_retained / full MACs"})
     auc = np.full((len(REGIMES), len(methods), len(seeds)), np.nan)
@@ -336,13 +390,27 @@ def _assemble(pg, config, m, full, base_loss, base_acc, einfo, plan, n_resamples
     ds["auc_mean"] = (("regime", "method"), auc_mean, {"units": "%", "description": "mean over seeds"})
     ds["auc_interval"] = (("regime", "bound"), bounds, {"units": "fraction of MACs removed"})
     ds = ds.assign_coords(regime=strings(REGIMES), bound=strings(["low", "high"]))
-    names, diffs, stats_, best = _contrasts(methods, auc, n_resamples)
+    weights = np.full((len(REGIMES), len(methods), len(seeds), len(levels)), np.nan)  # each level's share of auc
+    for ri in range(len(REGIMES)):
+        if np.isfinite(bounds[ri]).all():
+            for i in range(len(methods)):
+                for s in range(len(seeds)):
+                    weights[ri, i, s] = curves.auc_weights(reduction[i, :, s], *bounds[ri])
+    correct = [per_image.get(IMAGE_VARS[r][0]) for r in REGIMES]
+    names, diffs, stats_, resampled, best = _contrasts(methods, auc, correct, weights, n_resamples)
     ds = ds.assign_coords(contrast=strings(names))
     ds["contrast_diff"] = (("regime", "contrast", "seed"), diffs, {"units": "% (AUC points)",
                            "description": "paired per-seed AUC difference"})
-    for j, k in enumerate(("contrast_mean", "contrast_ci_low", "contrast_ci_high")):
-        ds[k] = (("regime", "contrast"), stats_[..., j], {"units": "% (AUC points)", "description":
-                 "mean over seeds" if j == 0 else f"percentile bootstrap 95% CI over seeds, {n_resamples} resamples"})
+    interval = unc.describe(len(seeds), len(image_index), n_resamples)
+    what = {"contrast_mean": "mean over seeds of the paired AUC difference (from the per-image outcomes)",
+            "contrast_ci_low": f"lower bound of the {interval} (NaN: no interval, contrast_resamples says why)",
+            "contrast_ci_high": f"upper bound of the {interval} (NaN: no interval, contrast_resamples says why)"}
+    for j, k in enumerate(what):
+        ds[k] = (("regime", "contrast"), stats_[..., j], {"units": "% (AUC points)", "description": what[k],
+                                                          "interval": interval})
+    ds["contrast_resamples"] = (("regime", "contrast"), np.asarray(resampled.tolist(), dtype=str), {
+        "long_name": "what the contrast's interval resamples", "units": "", "description": "the interval's "
+        f"resampling ({interval}), or, where contrast_ci_low/high are NaN, why there is no interval"})
     ds["best_local"] = ("regime", strings([b[0] for b in best]))
     ds["best_target"] = ("regime", strings([b[1] for b in best]))
     for k in ("oneshot_done", "finetune_done"):  # kept so a rerun after an interrupted final write resumes
@@ -355,6 +423,7 @@ def _assemble(pg, config, m, full, base_loss, base_acc, einfo, plan, n_resamples
         ds = ds.assign_coords(layer=("unit", strings(m["layer"].values)),
                               channel=("unit", np.asarray(m["channel"].values, np.int64)))
     ds.attrs.update({"config": store.jsonable(config), "eval": einfo, "full_macs": int(full),
+                     "contrast_interval": interval,
                      "prunable_layers": list(plan.prunable), "followers": list(plan.followers),
                      "macs_accounting": "traced dataflow" if plan.flow.traced else "layer graph only",
                      "level": "channel sparsity: fraction of the prunable channels removed (>= 1 kept per layer)",
@@ -365,12 +434,18 @@ def _assemble(pg, config, m, full, base_loss, base_acc, einfo, plan, n_resamples
     return ds
 
 
-def _contrasts(methods, auc, n_resamples):
+def _contrasts(methods, auc, correct, weights, n_resamples):
+    """The paired contrasts of each regime: best local − best target, best local − magnitude, each local − magnitude.
+
+    Estimates and intervals come from the per-image outcomes (`correct[r]`: method × level × seed × image, None when
+    the regime was not run) through the AUC's per-level weights (`weights[r]`: method × seed × level): a paired
+    bootstrap of the evaluation images, nested with the seeds from `uncertainty.MIN_SEEDS` on (`uncertainty`)."""
     local = [mm for mm in methods if sc.AXIS[mm] == "local"]
     target = [mm for mm in methods if sc.AXIS[mm] == "target"]
     names = ["best_local-best_target", "best_local-magnitude"] + [f"{mm}-magnitude" for mm in local]
     diffs = np.full((auc.shape[0], len(names), auc.shape[2]), np.nan)
     out = np.full((auc.shape[0], len(names), 3), np.nan)
+    resampled = np.full((auc.shape[0], len(names)), unc.NOT_MEASURED, dtype=object)
     best = []
     idx = {mm: i for i, mm in enumerate(methods)}
     for r in range(auc.shape[0]):
@@ -380,8 +455,22 @@ def _contrasts(methods, auc, n_resamples):
         bt = max(target, key=lambda k: -np.inf if np.isnan(mean[k]) else mean[k]) if target else ""
         best.append((bl, bt))
         pairs = [(bl, bt), (bl, "magnitude")] + [(mm, "magnitude") for mm in local]
+        todo, zs = [], []
+        # method × seed × level × image
+        c = None if correct[r] is None else np.asarray(correct[r], np.float64).transpose(0, 2, 1, 3)
         for j, (a, b) in enumerate(pairs):
             if a in idx and b in idx:
                 diffs[r, j] = auc[r, idx[a]] - auc[r, idx[b]]
-                out[r, j] = curves.bootstrap_ci(diffs[r, j], n_resamples=n_resamples, seed=r)
-    return names, diffs, out, best
+                if c is None:
+                    continue
+                if not (np.isfinite(weights[r, idx[a]]).all() and np.isfinite(weights[r, idx[b]]).all()):
+                    resampled[r, j] = "no AUC: the curves share no common MACs-reduction interval"
+                    continue
+                zs.append(100 * (unc.curve_contributions(c[idx[a]], weights[r, idx[a]])
+                                 - unc.curve_contributions(c[idx[b]], weights[r, idx[b]])))
+                todo.append(j)
+        if todo:  # one set of resamples for every contrast of the regime
+            for j, iv in zip(todo, unc.bootstrap_mean(np.stack(zs), n_resamples=n_resamples, seed=r)):
+                out[r, j] = iv.estimate, iv.low, iv.high
+                resampled[r, j] = iv.resampled
+    return names, diffs, out, resampled, best
