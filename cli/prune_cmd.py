@@ -44,5 +44,13 @@ def run(a) -> None:
         for c in ds.contrast.values:
             mean, lo_, hi_ = (float(ds[k].sel(regime=regime, contrast=c)) for k in
                               ("contrast_mean", "contrast_ci_low", "contrast_ci_high"))
-            if np.isfinite(mean):
+            if not np.isfinite(mean):
+                continue
+            if np.isfinite(lo_) and np.isfinite(hi_):
                 out.print(f"  {c}: {mean:+.2f} AUC points (95% CI {lo_:+.2f} … {hi_:+.2f})")
+            else:  # no interval: say why (never a zero-width one printed as a CI)
+                why = str(ds["contrast_resamples"].sel(regime=regime, contrast=c).values) \
+                    if "contrast_resamples" in ds else "no interval"
+                out.print(f"  {c}: {mean:+.2f} AUC points (no interval: {why})")
+        if "contrast_interval" in ds.attrs:
+            out.print(f"  intervals: {ds.attrs['contrast_interval']}")
