@@ -25,6 +25,7 @@ LAZY = {
     "prune": "chanaxis.interventions.prune",
     "train": "chanaxis.training",
     "analyze": "chanaxis.study",
+    "compare": "chanaxis.comparison",
 }
 
 

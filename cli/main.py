@@ -75,7 +75,7 @@ def fetch_dataset(a) -> None:
 
 
 COMMAND_MODULES: list[str] = ["capture_cmd", "metrics_cmd", "train_cmd", "trajectory_cmd", "lesion_cmd", "prune_cmd",
-                              "analyze_cmd", "report_cmd"]
+                              "analyze_cmd", "report_cmd", "compare_cmd"]
 
 
 def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:

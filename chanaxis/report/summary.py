@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..claims import evaluate as evaluate_claims
 from ..store import open_run
 
 LOCAL = ("input_capture", "peer_overlap", "weight_norm_sq", "peer_r2_full", "peer_r2_top8", "hull_score")
@@ -100,6 +101,7 @@ def summarize(path: str | Path) -> dict:
         out["pruning"] = _pruning(tree["pruning"].to_dataset().compute())
     if "preset" in tree.attrs:
         out["preset"] = tree.attrs["preset"]
+    out["claims"] = evaluate_claims(tree)  # the paper's claims as verdicts (chanaxis/claims.py); the last section
     return out
 
 
@@ -151,9 +153,11 @@ def _pruning(ds) -> dict:
     for i, r in enumerate(regimes):
         res["contrasts"][r] = {
             str(c): {"mean": _f(ds["contrast_mean"].values[i, j]), "ci_low": _f(ds["contrast_ci_low"].values[i, j]),
-                     "ci_high": _f(ds["contrast_ci_high"].values[i, j])}
+                     "ci_high": _f(ds["contrast_ci_high"].values[i, j]),
+                     "resampled": str(ds["contrast_resamples"].values[i, j]) if "contrast_resamples" in ds else None}
             for j, c in enumerate(ds["contrast"].values)}
         res.setdefault("best_local", {})[r] = str(ds["best_local"].values[i])
         res.setdefault("best_target", {})[r] = str(ds["best_target"].values[i])
+    res["interval"] = ds.attrs.get("contrast_interval")
     res["seeds"] = [int(x) for x in ds["seed"].values]
     return res

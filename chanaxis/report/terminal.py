@@ -79,6 +79,42 @@ def render(summary: dict, console: Console | None = None) -> None:
         p = summary["propagation"]
         c.print("Cross-layer propagation (Spearman of influence-weighted prediction): " +
                 ", ".join(f"{k} {_n(v)}" for k, v in p.items()))
+    if summary.get("claims"):
+        claims_table(c, summary["claims"])
+
+
+VERDICT_STYLE = {"reproduced": "bold green", "not reproduced": "bold red", "inconclusive": "yellow",
+                 "not measured": "dim"}
+
+
+def interval_text(row: dict) -> str:
+    """'value [low, high]', or 'value (no interval)': a zero-width or missing interval is never printed as a CI."""
+    if row.get("value") is None:
+        return "—"
+    v = f"{row['value']:+.3g}"
+    lo, hi = row.get("low"), row.get("high")
+    if lo is None or hi is None or not hi > lo:
+        return f"{v} (no interval)"
+    return f"{v} [{lo:+.3g}, {hi:+.3g}]"
+
+
+def claims_table(c, rows: list[dict]) -> None:
+    """The paper's claims, this run's statistic with its 95 % interval and what it resamples, the rule, the verdict."""
+    t = Table(title="The paper's claims on this run: statistic, 95 % percentile-bootstrap interval (what it "
+                    "resamples), rule and verdict (inconclusive: the interval crosses the threshold or there is none)",
+              show_lines=True)
+    t.add_column("#", justify="right", overflow="fold")
+    t.add_column("claim (METHOD)", overflow="fold", ratio=3)
+    t.add_column("statistic · rule", overflow="fold", ratio=3)
+    t.add_column("this run", overflow="fold", ratio=3)
+    t.add_column("verdict", overflow="fold", ratio=3)
+    for r in rows:
+        stat = f"{r['statistic']}\n[dim]rule: {r['rule']}[/dim]"
+        value = interval_text(r) + (f"\n[dim]resampled: {r['resampled']}[/dim]" if r.get("resampled") else "")
+        style = VERDICT_STYLE.get(r["verdict"], "")
+        t.add_row(str(r["id"]), f"{r['claim']}\n[dim]{r['method_section']}[/dim]", stat, value,
+                  f"[{style}]{r['verdict']}[/]\n[dim]{r.get('reason', '')}[/dim]")
+    c.print(t)
 
 
 def _lesion(c, les: dict) -> None:
@@ -130,8 +166,8 @@ def _pruning(c, pr: dict) -> None:
         c.print(f"[yellow]No MACs-reduction interval is covered by every method ({', '.join(empty)}): the smallest "
                 f"level already removes {lo * 100:.0f} % of the MACs for some method while another never removes more "
                 f"than {hi * 100:.0f} %. Add lower and higher levels (`--levels`).[/yellow]")
-    t = Table(title=f"paired AUC differences in AUC points (%), over seeds {pr['seeds']}, with percentile "
-                    "bootstrap 95% CI")
+    t = Table(title=f"paired AUC differences in AUC points (%), seeds {pr['seeds']}, with "
+                    + (pr.get("interval") or "percentile bootstrap 95% CI"))
     t.add_column("contrast")
     for r in regimes:
         t.add_column(r, justify="right")
@@ -140,7 +176,12 @@ def _pruning(c, pr: dict) -> None:
         cells = []
         for r in regimes:
             d = pr["contrasts"][r][k]
-            cell = f"{_n(d['mean'], '{:+.2f}')} [{_n(d['ci_low'], '{:+.2f}')}, {_n(d['ci_high'], '{:+.2f}')}]"
+            if d["mean"] is not None and d["ci_low"] is not None and d["ci_high"] is not None \
+                    and d["ci_high"] > d["ci_low"]:
+                cell = f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+            else:  # no interval (never a zero-width one shown as a CI): the reason the store gives
+                cell = f"{_n(d['mean'], '{:+.2f}')} (no interval" + (
+                    f": {d['resampled']})" if d.get("resampled") and d["mean"] is not None else ")")
             if "best_" in k:  # the best method of each axis is picked per regime: name them in the cell
                 picks = k.replace("best_local", pr["best_local"][r]).replace("best_target", pr["best_target"][r])
                 cell += f"\n({picks.replace('-', ' − ')})"

@@ -1,0 +1,164 @@
+"""`chanaxis compare`: several runs side by side in the paper's layout — a row per run (model · dataset · preset ·
+accuracy), a column per claim with this run's statistic, its interval and the verdict (chanaxis/claims.py).
+
+`compare([...])` returns an xarray Dataset with dimensions run × claim; `collect` the same as plain dicts (the JSON);
+`render` the rich table. Runs made with different presets or calibration sizes are marked, never silently mixed.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .claims import CLAIMS, SHORT
+from .errors import ChanaxisError
+from .report.summary import summarize
+from .store import open_run
+from .study import resolve_store
+
+
+def _accuracy(tree, summary: dict) -> tuple[float | None, str]:
+    """The run's held-out accuracy (%) and where it comes from: the pruning or lesion evaluation images, the last
+    training checkpoint, else the calibration (training) images."""
+    pr = summary.get("pruning", {}).get("base_accuracy_pct")
+    if pr is not None:
+        return pr, "pruning eval"
+    try:
+        acc = tree["lesion"].attrs.get("base_accuracy_pct")
+        if acc is not None and not math.isnan(float(acc)):
+            return float(acc), "lesion eval"
+    except KeyError:
+        pass
+    ev = [x for x in summary.get("trajectory", {}).get("eval_acc", []) or [] if x is not None]
+    if ev:
+        return ev[-1], "held-out, last epoch"
+    return summary.get("calibration_accuracy_pct"), "calibration, train split"
+
+
+def describe(path) -> dict:
+    """One run's row: who it is and its claims."""
+    store = resolve_store(path)
+    try:
+        tree = open_run(store)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise ChanaxisError(f"'{path}' is not a run store or a study folder ({type(e).__name__}: {e})") from e
+    s = summarize(store)
+    cfg = s.get("config", {})
+    preset = s.get("preset", {})
+    acc, acc_on = _accuracy(tree, s)
+    return {"run": str(path), "store": str(store), "model": cfg.get("model", {}).get("name", "?"),
+            "dataset": cfg.get("dataset", {}).get("name", "?"),
+            "preset": preset.get("name", "custom") if isinstance(preset, dict) else str(preset),
+            "n_calibration": s.get("images", cfg.get("n_calibration")), "accuracy_pct": acc, "accuracy_on": acc_on,
+            "claims": s.get("claims", [])}
+
+
+def collect(paths) -> dict:
+    """{"runs": [row per run], "notes": [lines]}; each row's "note" says how it differs where runs differ in preset
+    or calibration size."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise ChanaxisError("compare needs at least one run store or study folder")
+    runs = [describe(p) for p in paths]
+    notes = []
+    for key, label in (("preset", "preset"), ("n_calibration", "calibration size")):
+        values = [r[key] for r in runs]
+        if len(set(map(str, values))) > 1:
+            which = ", ".join(f"{r['model']}: {r[key]}" for r in runs)
+            notes.append(f"the runs differ in {label} ({which}): their statistics are not measured alike")
+            for r in runs:
+                r.setdefault("note", []).append(f"{label} {r[key]}")
+    for r in runs:
+        r["note"] = "; ".join(r.get("note", []))
+    labels = [f"{r['model']} · {r['dataset']} · {r['preset']}" for r in runs]
+    for k, lab in enumerate(labels):  # unique run labels
+        runs[k]["label"] = lab if labels.count(lab) == 1 else f"{lab} #{labels[:k + 1].count(lab)}"
+    return {"runs": runs, "notes": notes}
+
+
+def to_dataset(got: dict) -> xr.Dataset:
+    runs = got["runs"]
+    ids = [c.id for c in CLAIMS]
+
+    def grid(field, fill, dtype):
+        out = np.full((len(runs), len(ids)), fill, dtype=dtype)
+        for i, r in enumerate(runs):
+            by_id = {c["id"]: c for c in r["claims"]}
+            for j, cid in enumerate(ids):
+                v = by_id.get(cid, {}).get(field)
+                if v is not None:
+                    out[i, j] = v
+        return out
+    ds = xr.Dataset(
+        {"value": (("run", "claim"), grid("value", np.nan, np.float64)),
+         "low": (("run", "claim"), grid("low", np.nan, np.float64)),
+         "high": (("run", "claim"), grid("high", np.nan, np.float64)),
+         "verdict": (("run", "claim"), grid("verdict", "not measured", object).astype(str)),
+         "reason": (("run", "claim"), grid("reason", "", object).astype(str)),
+         "resampled": (("run", "claim"), grid("resampled", "", object).astype(str))},
+        coords={"run": [r["label"] for r in runs], "claim": ids,
+                "path": ("run", [r["run"] for r in runs]), "model": ("run", [r["model"] for r in runs]),
+                "dataset": ("run", [r["dataset"] for r in runs]), "preset": ("run", [r["preset"] for r in runs]),
+                "n_calibration": ("run", [-1 if r["n_calibration"] is None else int(r["n_calibration"])
+                                          for r in runs]),
+                "accuracy_pct": ("run", [np.nan if r["accuracy_pct"] is None else r["accuracy_pct"] for r in runs]),
+                "accuracy_on": ("run", [r["accuracy_on"] for r in runs]),
+                "note": ("run", [r["note"] for r in runs]),
+                "claim_text": ("claim", [c.claim for c in CLAIMS]), "statistic": ("claim", [c.statistic for c in CLAIMS]),
+                "rule": ("claim", [c.rule for c in CLAIMS]), "method_section": ("claim", [c.method_section for c in CLAIMS])})
+    ds["low"].attrs["description"] = "95 % percentile-bootstrap bound (NaN: no interval); `resampled` says over what"
+    ds.attrs["notes"] = list(got["notes"])
+    ds.attrs["mixed"] = bool(got["notes"])
+    return ds
+
+
+def compare(runs) -> xr.Dataset:
+    """Runs (stores or study folders) side by side: a Dataset over run × claim with each claim's statistic (`value`),
+    its interval (`low`, `high`; NaN where there is none), `verdict`, `reason` and what was `resampled`; the runs'
+    model, dataset, preset, calibration size and accuracy as coordinates; `attrs["notes"]` marks mixed presets or
+    calibration sizes."""
+    return to_dataset(collect(runs))
+
+
+def cell(x: dict) -> str:
+    """'value\n[low, high]\n' in two decimals; no interval line where there is none (never a zero-width CI)."""
+    if x.get("value") is None:
+        return ""
+    lo, hi = x.get("low"), x.get("high")
+    band = f"[{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None and hi > lo else "(no interval)"
+    return f"{x['value']:+.2f}\n{band}\n"
+
+
+def render(got: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report.terminal import VERDICT_STYLE
+    c = console or Console()
+    t = Table(title="The paper's claims across runs: statistic [95 % interval] and verdict", show_lines=True)
+    t.add_column("run", overflow="fold")
+    for cl in CLAIMS:
+        t.add_column(f"{cl.id}. {SHORT[cl.id]}", overflow="fold")
+    mixed = any(r["note"] for r in got["runs"])
+    if mixed:
+        t.add_column("note", overflow="fold")
+    for r in got["runs"]:
+        acc = "—" if r["accuracy_pct"] is None else f"{r['accuracy_pct']:.1f} %"
+        cells = [f"{r['model']}\n{r['dataset']} · {r['preset']}\n{acc} [dim]({r['accuracy_on']})[/dim]"]
+        by_id = {x["id"]: x for x in r["claims"]}
+        for cl in CLAIMS:
+            x = by_id.get(cl.id)
+            if x is None:
+                cells.append("—")
+                continue
+            style = VERDICT_STYLE.get(x["verdict"], "")
+            cells.append(f"{cell(x)}[{style}]{x['verdict']}[/]")
+        if mixed:
+            cells.append(r["note"])
+        t.add_row(*cells)
+    c.print(t)
+    c.print("statistics: " + "; ".join(f"{cl.id}. {cl.statistic} (rule: {cl.rule})" for cl in CLAIMS), style="dim")
+    for n in got["notes"]:
+        c.print(f"[yellow]warning: {n}[/yellow]")
