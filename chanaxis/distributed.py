@@ -23,8 +23,10 @@ results do not depend on it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
+import os
 import pickle
 import uuid
 from typing import Any
@@ -54,8 +56,9 @@ class Cluster:
         else:
             if workers is None or workers < 1:
                 raise ChanaxisError(f"--workers must be at least 1 (got {workers})")
-            self._cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                         dashboard_address=":0")
+            with kept_environ():
+                self._cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                             dashboard_address=":0")
             self.client = self._own_client = Client(self._cluster)
             self.local_workers = int(workers)
         self.announced = False
@@ -74,6 +77,22 @@ class Cluster:
         if self._cluster is not None:
             self._cluster.close()
         self._own_client = self._cluster = None
+
+
+@contextlib.contextmanager
+def kept_environ():
+    """Undo what starting worker processes writes into this process's environment: dask's nanny sets
+    `OMP_NUM_THREADS=1`, `MKL_NUM_THREADS=1`… in `os.environ` for its workers and leaves them there, so every process
+    started later from here (a training subprocess, a tool) would run single-threaded."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for k in set(os.environ) - set(before):
+            del os.environ[k]
+        for k, v in before.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
 
 
 # -------------------------------------------------------------------- what a worker needs to rebuild the context
@@ -205,4 +224,4 @@ def in_worker() -> bool:
         return False
 
 
-__all__ = ["Cluster", "context_spec", "in_worker", "run_units", "worker_contexts"]
+__all__ = ["Cluster", "context_spec", "kept_environ", "in_worker", "run_units", "worker_contexts"]

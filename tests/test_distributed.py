@@ -36,7 +36,8 @@ def _model():
 @pytest.fixture(scope="module")
 def client():
     """One real LocalCluster of 2 single-threaded worker processes for the module."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with D.kept_environ():  # dask leaves OMP_NUM_THREADS=1… in os.environ: later subprocesses would inherit it
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     c = distributed.Client(cluster)
     yield c
     c.close()
@@ -193,3 +194,15 @@ def test_driver_killed_mid_stage_then_rerun_resumes_and_equals_uninterrupted(bas
     assert chanaxis.store.stage_state(run, "lesion") == "done"
     diff = differences(arrays(ref, ["lesion"]), arrays(run, ["lesion"]))
     assert not diff, diff
+
+
+def test_a_local_cluster_leaves_this_process_environment_alone():
+    """dask's nanny writes OMP_NUM_THREADS=1 (and the like) into os.environ for its workers; a cluster made for a
+    run must not leave them, or every later subprocess (a training run, a tool) runs single-threaded."""
+    before = dict(os.environ)
+    cluster = D.Cluster(workers=1)
+    try:
+        assert dict(os.environ) == before
+    finally:
+        cluster.close()
+    assert dict(os.environ) == before
