@@ -4,6 +4,10 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# subprocesses the tests start (a CLI run killed and resumed, a cluster's workers) compute with the same intra-op
+# thread count as this process: a fine-tune's or a training step's weight gradients are sums whose order follows it
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(torch.get_num_threads())
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,11 @@ def test_resume_after_sigkill_equals_uninterrupted(run, tmp_path):
     ref, _ = run
     out = tmp_path / "killed"
     cmd = _cli("train", "test_resnet", "-d", "synthetic", *CLI_ARGS, "--out", str(out))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the killed part runs in a subprocess, the rest here: both with this process's thread count (weight gradients
+    # are sums whose order follows it), whatever an earlier test left in the environment
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:  # the manifest is rewritten atomically after each epoch, just before state.pt
