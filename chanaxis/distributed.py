@@ -48,6 +48,7 @@ class Cluster:
             raise ChanaxisError("a cluster (--scheduler/--workers) needs dask.distributed: "
                                 "pip install 'dask[distributed]'") from None
         self._own_client = self._cluster = None
+        self._environ = dict(os.environ)  # restored at `close`: a nanny restarting a worker writes to it again
         self.local_workers = None      # N of a LocalCluster made here: they share this machine's cores
         if scheduler is not None and not isinstance(scheduler, str):
             self.client = scheduler                      # a live distributed.Client: the caller's to close
@@ -76,6 +77,7 @@ class Cluster:
             self._own_client.close()
         if self._cluster is not None:
             self._cluster.close()
+            restore_environ(self._environ)
         self._own_client = self._cluster = None
 
 
@@ -83,16 +85,21 @@ class Cluster:
 def kept_environ():
     """Undo what starting worker processes writes into this process's environment: dask's nanny sets
     `OMP_NUM_THREADS=1`, `MKL_NUM_THREADS=1`… in `os.environ` for its workers and leaves them there, so every process
-    started later from here (a training subprocess, a tool) would run single-threaded."""
+    started later from here (a training subprocess, a tool) would run single-threaded. A nanny that restarts a
+    killed worker writes them again: `Cluster.close` restores the environment it started with."""
     before = dict(os.environ)
     try:
         yield
     finally:
-        for k in set(os.environ) - set(before):
-            del os.environ[k]
-        for k, v in before.items():
-            if os.environ.get(k) != v:
-                os.environ[k] = v
+        restore_environ(before)
+
+
+def restore_environ(before: dict) -> None:
+    for k in set(os.environ) - set(before):
+        del os.environ[k]
+    for k, v in before.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
 
 
 # -------------------------------------------------------------------- what a worker needs to rebuild the context
@@ -224,4 +231,5 @@ def in_worker() -> bool:
         return False
 
 
-__all__ = ["Cluster", "context_spec", "kept_environ", "in_worker", "run_units", "worker_contexts"]
+__all__ = ["Cluster", "context_spec", "in_worker", "kept_environ", "restore_environ", "run_units",
+           "worker_contexts"]

@@ -39,9 +39,11 @@ def client():
     with D.kept_environ():  # dask leaves OMP_NUM_THREADS=1… in os.environ: later subprocesses would inherit it
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     c = distributed.Client(cluster)
+    environ = dict(os.environ)
     yield c
     c.close()
     cluster.close()
+    D.restore_environ(environ)  # a nanny restarting the worker killed below wrote OMP/MKL_NUM_THREADS=1 again
 
 
 @pytest.fixture(scope="module")
