@@ -51,16 +51,10 @@ def absolute(path):
     return p if is_url(p) else p.resolve()
 
 
-def filesystem(path):
-    """(fsspec filesystem, path within it) of a URL location."""
-    p = location(path)
-    return p.fs, p.path
-
-
 def bucket_root(path) -> bool:
     """Whether a URL names the root of its bucket or container (nothing under it may ever be deleted whole)."""
     p = location(path)
     return is_url(p) and "/" not in p.path.strip("/")
 
 
-__all__ = ["absolute", "bucket_root", "filesystem", "is_url", "location"]
+__all__ = ["absolute", "bucket_root", "is_url", "location"]

@@ -159,7 +159,12 @@ class LesionStage(Stage):
             # seeded over the whole layer, then sliced: a block's sets are those of a one-unit layer
             rand = random_peer_sets([len(h) for h in hull], model.graph[name].c_out, ch, seed=[p.seed, li])
             peer_sets = {k: v[lo:hi] for k, v in zip(REPLACE_KINDS, (hull, top8, [[]] * len(ch), rand))}
-            moments = layer_moments(run, name)
+            # a layer split into several blocks reads its moments once (only the current layer's are kept)
+            held = ctx.memo(("lesion", str(run), "moments"), dict)
+            if name not in held:
+                held.clear()
+                held[name] = layer_moments(run, name)
+            moments = held[name]
         base = self._base(run, ctx)
         with precision.autocast(p.precision, ctx.device, model):
             res, mode = layer_damages(model, name, x, y, ch[lo:hi], base, moments, peer_sets, p.batch_size,
