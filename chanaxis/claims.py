@@ -134,6 +134,32 @@ def bootstrap(stat: Callable[[np.ndarray], float], n: int, n_boot: int = N_BOOT,
     return float(lo), float(hi)
 
 
+def bootstrap_columns(stat: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int = N_BOOT,
+                      seed: int = BOOT_SEED) -> tuple[np.ndarray, np.ndarray] | None:
+    """Percentile 95 % intervals of each entry of a vector statistic stat(indices) → (k,) over `n` units resampled
+    with replacement (one draw shared by every entry); None when n is below MIN_RESAMPLED. An entry whose resampled
+    values are finite in fewer than half of the resamples gets NaN bounds (no interval)."""
+    if n < MIN_RESAMPLED:
+        return None
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)], np.float64)
+    ok = np.isfinite(vals)
+    lo, hi = np.full(vals.shape[1], np.nan), np.full(vals.shape[1], np.nan)
+    for k in range(vals.shape[1]):
+        if ok[:, k].sum() >= n_boot // 2:
+            lo[k], hi[k] = np.percentile(vals[ok[:, k], k], [2.5, 97.5])
+    return lo, hi
+
+
+def fisher_pooled(within_bin, weights, idx) -> np.ndarray:
+    """Per metric, the within-bin ρ of the layers `idx` (with repeats) pooled as METHOD §6 pools bins: the mean of
+    Fisher z weighted by each layer's weight (its Σ max(n_b − 3, 0)); NaN where no layer carries weight."""
+    z = np.arctanh(np.clip(np.asarray(within_bin, np.float64)[idx], -0.999999, 0.999999))
+    ww = np.where(np.isfinite(z), np.asarray(weights, np.float64)[idx][:, None], 0.0)
+    tot = ww.sum(0)
+    return np.where(tot > 0, np.tanh(np.where(ww > 0, ww * z, 0).sum(0) / np.maximum(tot, 1e-300)), np.nan)
+
+
 def _nanmean(x, axis=None):
     x = np.asarray(x, np.float64)
     ok = np.isfinite(x)
@@ -263,12 +289,9 @@ def hull_margin(within_bin, metrics: list[str], n_units, n_bins: int = 5, value=
     others = [k for k in keep if k != h]
     wb = np.asarray(within_bin, np.float64)
     w = bin_weights(n_units, n_bins)
-    z = np.arctanh(np.clip(wb, -0.999999, 0.999999))
 
     def pooled(idx):
-        zz, ww = z[idx], np.where(np.isfinite(z[idx]), w[idx][:, None], 0.0)
-        tot = ww.sum(0)
-        return np.where(tot > 0, np.tanh(np.where(ww > 0, ww * zz, 0).sum(0) / np.maximum(tot, 1e-300)), np.nan)
+        return fisher_pooled(wb, w, idx)
 
     def stat(idx):
         p = np.abs(pooled(idx))

@@ -2,7 +2,8 @@
 accuracy), a column per claim with this run's statistic, its interval and the verdict (chanaxis/claims.py).
 
 `compare([...])` returns an xarray Dataset with dimensions run × claim; `collect` the same as plain dicts (the JSON);
-`render` the rich table. Runs made with different presets or calibration sizes are marked, never silently mixed.
+`render` the rich table; `figures` the runs' two-axis planes and pruning curves side by side (shared axes). Runs made
+with different presets or calibration sizes are marked, never silently mixed.
 """
 from __future__ import annotations
 
@@ -162,3 +163,92 @@ def render(got: dict, console=None) -> None:
     c.print("statistics: " + "; ".join(f"{cl.id}. {cl.statistic} (rule: {cl.rule})" for cl in CLAIMS), style="dim")
     for n in got["notes"]:
         c.print(f"[yellow]warning: {n}[/yellow]")
+
+
+def _ranks_within(values, groups) -> np.ndarray:
+    """Percentile rank (0–100 %) of each value within its group (layer); NaN stays NaN."""
+    from scipy.stats import rankdata
+    out = np.full(len(values), np.nan)
+    for g in np.unique(groups):
+        sel = (groups == g) & np.isfinite(values)
+        if sel.sum() > 1:
+            out[sel] = (rankdata(values[sel]) - 1) / (sel.sum() - 1) * 100
+    return out
+
+
+def figures(paths, out_dir) -> list[Path]:
+    """The runs side by side, written to `out_dir`: `compare_planes.png` (a row per run: every channel's I_X against
+    I(T;Y) in nats, coloured by relative depth, and the same as within-layer percentile ranks, the scale the
+    alignment claims use) and `compare_pruning.png` (a column per run, a row per regime: accuracy (%) against MACs
+    removed (%), the axes shared so the runs read side by side). Returns the paths written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .locations import location
+    from .report.figures import _save
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    got = collect(paths)
+    out_dir = location(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trees = [open_run(r["store"]) for r in got["runs"]]
+    written = []
+
+    with_metrics = [(r, t["metrics"].to_dataset()) for r, t in zip(got["runs"], trees)
+                    if "metrics" in t.children and "task_info" in t["metrics"].to_dataset()]
+    if with_metrics:
+        fig, axes = plt.subplots(len(with_metrics), 2, figsize=(10, 3.6 * len(with_metrics)), squeeze=False,
+                                 layout="constrained")
+        for (r, m), row in zip(with_metrics, axes):
+            ix, it = m["input_capture"].values, m["task_info"].values
+            layer = np.asarray([str(x) for x in m["layer"].values])
+            order = {n: k for k, n in enumerate(dict.fromkeys(layer))}
+            depth = np.array([order[n] for n in layer], np.float64) / max(len(order) - 1, 1)
+            sc = row[0].scatter(ix, it, c=depth, cmap="viridis", s=4, alpha=0.6, vmin=0, vmax=1)
+            row[0].set_xlabel("I_X (nats)")
+            row[0].set_ylabel("I(T;Y) (nats)")
+            row[0].set_title(f"{r['label']}: two-axis plane", fontsize=9)
+            row[1].scatter(_ranks_within(ix, layer), _ranks_within(it, layer), c=depth, cmap="viridis", s=4,
+                           alpha=0.6, vmin=0, vmax=1)
+            row[1].set_xlim(-2, 102)
+            row[1].set_ylim(-2, 102)
+            row[1].set_xlabel("I_X, rank within layer (%)")
+            row[1].set_ylabel("I(T;Y), rank within layer (%)")
+            row[1].set_title("within-layer ranks", fontsize=9)
+            fig.colorbar(sc, ax=row.tolist(), label="relative depth (0 = first layer, 1 = last)")
+        fig.suptitle("two-axis planes, one row per run")
+        written.append(_save(fig, out_dir / "compare_planes.png", tight=False))
+
+    with_pruning = [(r, t["pruning"].to_dataset().compute()) for r, t in zip(got["runs"], trees)
+                    if "pruning" in t.children and "acc_oneshot" in t["pruning"].to_dataset()]
+    if with_pruning:
+        methods = list(dict.fromkeys(str(x) for _, p in with_pruning for x in p["method"].values))
+        colour = {m: f"C{k % 10}" for k, m in enumerate(methods)}
+        regimes = [v for v in ("acc_oneshot", "acc_finetuned") if any(v in p for _, p in with_pruning)]
+        fig, axes = plt.subplots(len(regimes), len(with_pruning), figsize=(4.6 * len(with_pruning),
+                                 3.6 * len(regimes)), squeeze=False, sharex=True, sharey=True)
+        for j, (r, p) in enumerate(with_pruning):
+            for i, var in enumerate(regimes):
+                ax = axes[i, j]
+                if var not in p:
+                    ax.set_title(f"{r['label']}: no {var.replace('acc_', '')} pruning", fontsize=8)
+                    continue
+                for k, method in enumerate(p["method"].values):
+                    a, mr = p[var].isel({"method": k}), p["macs_retained_pct"].isel({"method": k})
+                    a = a.mean("seed") if "seed" in a.dims else a
+                    mr = mr.mean("seed") if "seed" in mr.dims else mr
+                    order_ = np.argsort(-mr.values)
+                    ax.plot(np.r_[0.0, 100.0 - mr.values[order_]], np.r_[float(p["base_accuracy"]),
+                            a.values[order_]], marker="o", ms=3, color=colour[str(method)], label=str(method))
+                ax.set_title(f"{r['label']}\n{var.replace('acc_', '')}, base {float(p['base_accuracy']):.1f} %",
+                             fontsize=8)
+                if i == len(regimes) - 1:
+                    ax.set_xlabel("MACs removed (%)")
+                if j == 0:
+                    ax.set_ylabel("accuracy (%), mean over seeds")
+        handles = [plt.Line2D([], [], color=colour[m], marker="o", ms=3, label=m) for m in methods]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 6), fontsize=8)
+        fig.suptitle("pruning at matched MACs, runs side by side (shared axes)")
+        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        written.append(_save(fig, out_dir / "compare_pruning.png", tight=False))
+    return written

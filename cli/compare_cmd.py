@@ -7,6 +7,9 @@ def register(sub) -> None:
                                        "(statistic, interval, verdict)")
     s.add_argument("runs", nargs="+", metavar="RUN_OR_STUDY", help="run stores (RUN.zarr) or analyze folders")
     s.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
+    s.add_argument("--figures", metavar="DIR", default=None,
+                   help="also write the runs' two-axis planes and pruning curves side by side (shared axes) as "
+                        "DIR/compare_planes.png and DIR/compare_pruning.png (default: no figures)")
     s.set_defaults(func=run)
 
 
@@ -16,9 +19,13 @@ def run(a) -> None:
 
     from chanaxis.cli.common import out
 
-    from chanaxis.comparison import collect, render
+    from chanaxis.comparison import collect, figures, render
     got = collect(a.runs)
+    written = figures(a.runs, a.figures) if a.figures else []
     if a.json:
+        got["figures"] = [str(p) for p in written]
         sys.stdout.write(json.dumps(got, indent=2, default=str, ensure_ascii=False) + "\n")
     else:
         render(got, out)
+        for p in written:
+            out.print(f"figure: {p}")

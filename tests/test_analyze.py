@@ -53,6 +53,15 @@ def test_figures_are_nonempty_pngs(study):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_compare_figures_put_runs_side_by_side(study, tmp_path):
+    from chanaxis.cli.main import main
+    out, _ = study
+    assert main(["compare", str(out), str(out / "run.zarr"), "--figures", str(tmp_path / "fig"), "--json"]) == 0
+    for name in ("compare_planes.png", "compare_pruning.png"):
+        data = (tmp_path / "fig" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
 def test_report_numbers_equal_the_store(study):
     out, summary = study
     tree = chanaxis.open_run(out / "run.zarr")

@@ -91,6 +91,63 @@ def test_alignment_ratio_and_hull_margin():
     assert judge(CLAIMS[5], claims.hull_margin(wb, names, [10] * 6))["verdict"] == "not measured"  # bins of 2
 
 
+def test_lesion_predictor_and_alignment_tables_carry_layer_bootstrap_intervals():
+    from chanaxis.interventions.predictors import predictor_tables
+    from chanaxis.report.summary import _lesion, alignment
+    from chanaxis.report.terminal import band
+    rng = np.random.default_rng(3)
+    layer = np.repeat([f"L{k}" for k in range(8)], 60)
+    task = rng.normal(size=len(layer))
+    damage = rng.normal(size=len(layer))
+    scores = {"hull_score": -damage + rng.normal(0, 1.0, len(layer)), "task_info": task,
+              "input_capture": rng.normal(size=len(layer))}
+    t = predictor_tables(layer, damage, scores, task, scores["input_capture"],
+                         {"peer_overlap": rng.normal(size=len(layer))}, n_bins=5)
+    # pooling a layer at a time with each layer's Fisher weight is METHOD §6's pooling of every bin
+    every = claims.fisher_pooled(t["within_bin"], claims.bin_weights(t["n_units"], 5), np.arange(8))
+    np.testing.assert_allclose(every, t["within_bin_pooled"], atol=1e-9)
+    pred = xr.Dataset({"spearman": (("layer", "metric"), t["spearman"]),
+                       "spearman_layer_mean": ("metric", t["spearman_layer_mean"]),
+                       "within_bin": (("layer", "metric"), t["within_bin"]),
+                       "within_bin_pooled": ("metric", t["within_bin_pooled"]),
+                       "n_units": ("layer", t["n_units"]), "r2_scope": ("scope", ["pooled"]),
+                       "delta_r2": ("scope", [np.nan]), "delta_r2_p": ("scope", [np.nan])},
+                      coords={"metric": list(scores)}, attrs={"n_bins": 5})
+    les = xr.Dataset({"damage_loss": ("unit", damage), "damage_acc": ("unit", damage)})
+    got = _lesion(les, pred)
+    assert got["interval_resampled"] == f"layers (8), {claims.N_BOOT} resamples"
+    for m in scores:
+        for key in ("spearman_layer_mean", "within_bin_pooled"):
+            lo, hi = got[f"{key}_interval"][m]
+            assert lo < got[key][m] < hi, (m, key)
+    lo, hi = got["within_bin_pooled_interval"]["hull_score"]
+    assert lo > 0.3  # hull_score tracks damage inside every bin: its interval sits well above 0
+    lo, hi = got["within_bin_pooled_interval"]["input_capture"]
+    assert lo < 0 < hi  # unrelated noise: its interval covers 0
+    assert band([0.1, 0.1]) == "" and band([None, 0.2]) == "" and band([0.1, 0.3]) == " [+0.10, +0.30]"
+    # two layers: no interval (fewer than MIN_RESAMPLED), the table says so instead of printing a CI
+    two = _lesion(les.isel(unit=slice(0, 120)), pred.isel(layer=slice(0, 2)))
+    assert "spearman_layer_mean_interval" not in two and "interval_resampled" not in two
+
+    # the alignment table's layer means: layers resampled, one draw for every row
+    metrics_ = list(claims.LOCAL) + list(claims.TARGET)
+    n, loc = len(metrics_), len(claims.LOCAL)
+    rho = np.full((10, n, n), 0.1) + rng.normal(0, 0.05, (10, n, n))
+    rho[:, :loc, :loc] += 0.6
+    rho[:, loc:, loc:] += 0.6
+    s = xr.Dataset({"spearman": (("layer", "metric", "metric2"), rho),
+                    "spearman_mean": (("metric", "metric2"), rho.mean(0)),
+                    "spearman_sd": (("metric", "metric2"), rho.std(0)),
+                    "spearman_pooled": (("metric", "metric2"), rho.mean(0))},
+                   coords={"metric": metrics_, "metric2": metrics_})
+    a = alignment(s)
+    for key in ("within_local", "within_target", "cross"):
+        lo, hi = a[key]["interval"]
+        assert lo < a[key]["mean_abs_rho"] < hi
+    assert a["cross"]["interval"][1] < a["within_local"]["interval"][0]  # well separated blocks
+    assert a["ix_vs_it"]["interval"][0] < a["ix_vs_it"]["mean"] < a["ix_vs_it"]["interval"][1]
+
+
 def _pruning(mean, low, high, interval=None):
     ds = xr.Dataset({"contrast_mean": (("regime", "contrast"), np.array(mean, float)),
                      "contrast_ci_low": (("regime", "contrast"), np.array(low, float)),
@@ -167,7 +224,7 @@ def test_report_without_lesion_or_pruning_ends_with_the_claims(two_stores, tmp_p
     assert saved["claims"] == json.loads(json.dumps(summary["claims"]))
 
 
-def test_compare_two_models_one_table_two_rows(two_stores, capsys):
+def test_compare_two_models_one_table_two_rows(two_stores, capsys, tmp_path):
     ds = chanaxis.compare([str(p) for p in two_stores])
     assert ds.sizes == {"run": 2, "claim": 8}
     assert list(ds["model"].values) == ["test_resnet", "test_convnext"]
@@ -189,3 +246,7 @@ def test_compare_two_models_one_table_two_rows(two_stores, capsys):
     assert body.count("├") == 1  # two rows, one separator
     assert "test_resnet" in body and "test_convnext" in body
     assert "warning: the runs differ in calibration size" in text
+    from chanaxis.comparison import figures
+    written = figures(two_stores, tmp_path)  # no pruning in these runs: the planes only
+    assert [p.name for p in written] == ["compare_planes.png"]
+    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,8 +14,9 @@ from ..locations import location  # noqa: E402
 from ..store import open_run  # noqa: E402
 
 
-def _save(fig, out: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, out: Path, tight: bool = True) -> Path:
+    if tight:  # False: the caller placed colorbars or legends by hand
+        fig.tight_layout()
     with out.open("wb") as f:  # a local file or an object at a URL alike
         fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)

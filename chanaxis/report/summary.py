@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..claims import N_BOOT, _nanmean, bin_weights, bootstrap_columns, fisher_pooled
 from ..claims import evaluate as evaluate_claims
 from ..store import open_run
 
@@ -48,12 +49,32 @@ def alignment(s) -> dict:
     target_pairs = [p for p in _pairs(metrics, set(TARGET), set(), True) if p[0] in TARGET and p[1] in TARGET]
     cross_pairs = _pairs(metrics, set(LOCAL), set(TARGET), False)
     head = ("input_capture", "task_info")
-    return {
+    out = {
         "ix_vs_it": {"mean": _f(mean[ix[head[0]], ix[head[1]]]), "sd": _f(sd[ix[head[0]], ix[head[1]]]),
                      "pooled": _f(pooled[ix[head[0]], ix[head[1]]])},
         "within_local": block(local_pairs), "within_target": block(target_pairs), "cross": block(cross_pairs),
         "layers": int(s.sizes["layer"]),
     }
+    # 95 % intervals of the layer means: layers resampled (one draw for every row, so rows stay comparable)
+    if "spearman" in s:
+        rho = np.asarray(s["spearman"].values, np.float64)
+        blocks = [(np.array([ix[a] for a, _ in p], np.intp), np.array([ix[b] for _, b in p], np.intp))
+                  for p in (local_pairs, target_pairs, cross_pairs)]
+
+        def stat(idx):
+            m = _nanmean(rho[idx], axis=0)
+            row = []
+            for a, b in blocks:
+                v = np.abs(m[a, b]) if len(a) else np.array([])
+                row.append(v[np.isfinite(v)].mean() if np.isfinite(v).any() else np.nan)
+            row.append(m[ix[head[0]], ix[head[1]]])
+            return np.array(row)
+        got = bootstrap_columns(stat, rho.shape[0])
+        if got is not None:
+            for k, key in enumerate(("within_local", "within_target", "cross", "ix_vs_it")):
+                out[key]["interval"] = [_f(got[0][k]), _f(got[1][k])]
+            out["interval_resampled"] = f"layers ({rho.shape[0]}), {N_BOOT} resamples"
+    return out
 
 
 def groupings(s) -> dict:
@@ -132,6 +153,18 @@ def _lesion(ds, pred=None) -> dict:
         names = [str(m) for m in pred["metric"].values]
         res["spearman_layer_mean"] = dict(zip(names, [_f(v) for v in pred["spearman_layer_mean"].values]))
         res["within_bin_pooled"] = dict(zip(names, [_f(v) for v in pred["within_bin_pooled"].values]))
+        # 95 % intervals, layers resampled: the layer mean of the per-layer ρ, and the within-bin ρ pooled over the
+        # resampled layers with each layer's Fisher weight (METHOD §6's pooling, a layer at a time)
+        sp, wb = np.asarray(pred["spearman"].values, np.float64), np.asarray(pred["within_bin"].values, np.float64)
+        w = bin_weights(pred["n_units"].values, int(pred.attrs.get("n_bins", 5)))
+        n = sp.shape[0]
+        got = bootstrap_columns(lambda idx: np.concatenate([_nanmean(sp[idx], axis=0), fisher_pooled(wb, w, idx)]), n)
+        if got is not None:
+            k = len(names)
+            res["spearman_layer_mean_interval"] = {m: [_f(got[0][i]), _f(got[1][i])] for i, m in enumerate(names)}
+            res["within_bin_pooled_interval"] = {m: [_f(got[0][k + i]), _f(got[1][k + i])]
+                                                 for i, m in enumerate(names)}
+            res["interval_resampled"] = f"layers ({n}), {N_BOOT} resamples"
         scope = [str(x) for x in pred["r2_scope"].values]
         if "pooled" in scope:
             k = scope.index("pooled")

@@ -30,16 +30,18 @@ def render(summary: dict, console: Console | None = None) -> None:
 
     if "alignment" in summary:
         a = summary["alignment"]
-        t = Table(title="(1) Are the axes weakly aligned? Spearman ρ between channel metrics, within layers")
+        t = Table(title="(1) Are the axes weakly aligned? Spearman ρ between channel metrics, within layers"
+                        + (f"; [95 % interval], {a['interval_resampled']}" if a.get("interval_resampled") else ""))
         for col in ("comparison", "layer mean |ρ|", "pooled-rank |ρ|", "pairs"):
-            t.add_column(col, justify="right" if col != "comparison" else "left")
+            t.add_column(col, justify="right" if col != "comparison" else "left", overflow="fold")
         for key, label in (("within_local", "within the local axis"), ("within_target", "within the target axis"),
                            ("cross", "across the axes")):
             b = a[key]
-            t.add_row(label, _n(b["mean_abs_rho"], "{:.2f}"), _n(b["pooled_mean_abs_rho"], "{:.2f}"),
-                      str(b["pairs"]))
+            t.add_row(label, _n(b["mean_abs_rho"], "{:.2f}") + band(b.get("interval"), "{:.2f}"),
+                      _n(b["pooled_mean_abs_rho"], "{:.2f}"), str(b["pairs"]))
         h = a["ix_vs_it"]
-        t.add_row("I_X vs I(T;Y) (signed)", f"{_n(h['mean'])} ± {_n(h['sd'], '{:.2f}')}", _n(h["pooled"]), "1")
+        t.add_row("I_X vs I(T;Y) (signed)", f"{_n(h['mean'])} ± {_n(h['sd'], '{:.2f}')} (s.d.)"
+                  + band(h.get("interval")), _n(h["pooled"]), "1")
         c.print(t)
     if "groupings" in summary:
         g = summary["groupings"]
@@ -117,17 +119,28 @@ def claims_table(c, rows: list[dict]) -> None:
     c.print(t)
 
 
+def band(iv, fmt="{:+.2f}") -> str:
+    """' [low, high]' for a 95 % interval; '' where there is none (never a zero-width interval shown as one)."""
+    if not iv or iv[0] is None or iv[1] is None or not iv[1] > iv[0]:
+        return ""
+    return f" [{fmt.format(iv[0])}, {fmt.format(iv[1])}]"
+
+
 def _lesion(c, les: dict) -> None:
     t = Table(title="(4) Which metric predicts lesion damage? Spearman(score, damage), layer mean, and within 5 "
-                    "bins of I(T;Y) (Fisher-z pooled); positive = a high score marks a channel the network needs")
-    t.add_column("metric")
-    t.add_column("across channels", justify="right")
-    t.add_column("within I(T;Y) bins", justify="right")
+                    "bins of I(T;Y) (Fisher-z pooled); positive = a high score marks a channel the network needs"
+                    + (f"; [95 % interval], {les['interval_resampled']}" if les.get("interval_resampled") else
+                       "; no intervals (fewer than 3 layers)"))
+    t.add_column("metric", overflow="fold")
+    t.add_column("across channels", justify="right", overflow="fold")
+    t.add_column("within I(T;Y) bins", justify="right", overflow="fold")
     pred = les.get("spearman_layer_mean", {})
     within = les.get("within_bin_pooled", {})
+    pred_iv = les.get("spearman_layer_mean_interval", {})
+    within_iv = les.get("within_bin_pooled_interval", {})
     order = sorted(set(pred) | set(within), key=lambda k: -abs(within.get(k) or 0))
     for k in order:
-        t.add_row(k, _n(pred.get(k)), _n(within.get(k)))
+        t.add_row(k, _n(pred.get(k)) + band(pred_iv.get(k)), _n(within.get(k)) + band(within_iv.get(k)))
     c.print(t)
     parts = [f"{les['units']} lesions, mean damage {_n(les.get('damage_loss_mean_nats'), '{:.4f}', ' nats')} "
              f"({_n(les.get('damage_acc_mean_pct'), '{:+.2f}', ' % accuracy')})"]
