@@ -376,6 +376,26 @@ def m_lesion(tree) -> Measured:
                        int(p.attrs.get("n_bins", 5)))
 
 
+def pruning_inert(ds) -> str:
+    """'' unless one-shot pruning changed no evaluation image's prediction in any cell (every method, level, seed):
+    then a sentence saying so, with the largest per-image loss change (nats). Such a run's contrasts are zeros that
+    say nothing about the axes: the pruned channels barely reach the output (a residual branch scaled by a small
+    layer scale, as in a briefly trained ConvNeXt whose γ starts at 1e-6)."""
+    if ds is None or "correct_oneshot" not in ds or "correct_base" not in ds:
+        return ""
+    same = (np.asarray(ds["correct_oneshot"].values) == np.asarray(ds["correct_base"].values)).all()
+    if not same:
+        return ""
+    change = float(np.nanmax(np.abs(np.asarray(ds["loss_oneshot_image"].values, np.float64)
+                                    - np.asarray(ds["loss_base_image"].values, np.float64))))
+    removed = float(100 - np.nanmin(np.asarray(ds["macs_retained_pct"].values, np.float64))) \
+        if "macs_retained_pct" in ds else math.nan
+    return (f"one-shot pruning changed no evaluation image's prediction in any cell (up to {removed:.0f} % of the MACs "
+            f"removed; largest per-image loss change {change:.2g} nats): the pruned channels barely reach the output "
+            "(e.g. residual branches scaled by a small layer scale), so the pruning contrasts say nothing about the "
+            "axes on this model")
+
+
 def pruning_contrast(ds, contrast: str, pick: str = "min") -> Measured:
     """The contrast's mean and interval in each regime from the pruning node; the regime that binds the claim
     (`pick`: "min" = the weaker one for a claim that the contrast is positive, "max" for a claim that it is small)."""
@@ -413,6 +433,10 @@ def pruning_contrast(ds, contrast: str, pick: str = "min") -> Measured:
         return rank[v], edge
     bind = min(got, key=order)
     note = f"{per}; shown: {bind[0]}"
+    inert = pruning_inert(ds)
+    if inert:  # zeros from a model whose pruned channels do not matter: never a verdict
+        return Measured(bind[1], bind[2], bind[3], per_cell.get(bind[0]) or str(what), note=note,
+                        force=("inconclusive", inert))
     force = None
     if len(got) < len(rows):
         not_run = ", ".join(x[0] for x in rows if x[1] is None)

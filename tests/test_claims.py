@@ -188,6 +188,26 @@ def test_pruning_contrasts_read_both_regimes_and_the_interval_attr():
     assert not claims.is_vgg16_bn("vgg16") and not claims.is_vgg16_bn("test_resnet")
 
 
+def test_pruning_that_changes_no_prediction_is_flagged_never_a_verdict():
+    rng = np.random.default_rng(4)
+    base = rng.random(50) < 0.7
+    loss_base = rng.uniform(0.1, 2.0, 50)
+    ds = _pruning([[3, 1], [5, 1]], [[1, 0], [2, 0]], [[4, 2], [8, 2]])  # would be "reproduced" on its own
+    cells = ("method", "level", "seed", "image")
+    ds["correct_base"] = ("image", base)
+    ds["loss_base_image"] = ("image", loss_base)
+    ds["correct_oneshot"] = (cells, np.broadcast_to(base, (2, 2, 3, 50)).copy())
+    ds["loss_oneshot_image"] = (cells, np.broadcast_to(loss_base + 1e-4, (2, 2, 3, 50)).copy())
+    ds["macs_retained_pct"] = (("method", "level", "seed"), np.full((2, 2, 3), 70.0))
+    msg = claims.pruning_inert(ds)
+    assert "changed no evaluation image's prediction" in msg and "30 %" in msg and "0.0001 nats" in msg
+    row = judge(CLAIMS[6], claims.pruning_contrast(ds, "best_local-best_target"))
+    assert row["verdict"] == "inconclusive" and row["reason"].startswith("one-shot pruning changed no")
+    ds["correct_oneshot"][1, 1, 2, 7] = not base[7]  # one image of one cell flips: a real effect, no warning
+    assert claims.pruning_inert(ds) == ""
+    assert judge(CLAIMS[6], claims.pruning_contrast(ds, "best_local-best_target"))["verdict"] == "reproduced"
+
+
 # ---- (b), (c) on tiny stores ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_stores(tmp_path_factory):

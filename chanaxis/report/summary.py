@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..claims import N_BOOT, _nanmean, bin_weights, bootstrap_columns, fisher_pooled
+from ..claims import N_BOOT, _nanmean, bin_weights, bootstrap_columns, fisher_pooled, pruning_inert
 from ..claims import evaluate as evaluate_claims
 from ..store import open_run
 
@@ -192,5 +192,6 @@ def _pruning(ds) -> dict:
         res.setdefault("best_local", {})[r] = str(ds["best_local"].values[i])
         res.setdefault("best_target", {})[r] = str(ds["best_target"].values[i])
     res["interval"] = ds.attrs.get("contrast_interval")
+    res["inert"] = pruning_inert(ds)
     res["seeds"] = [int(x) for x in ds["seed"].values]
     return res

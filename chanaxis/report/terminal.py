@@ -172,6 +172,8 @@ def _pruning(c, pr: dict) -> None:
     for m, ax in zip(pr["methods"], pr["axis"]):
         t.add_row(m, ax, *[_n(pr["auc"][r].get(m), "{:.1f}", " %") for r in regimes])
     c.print(t)
+    if pr.get("inert"):
+        c.print(f"[bold yellow]warning: {pr['inert']}.[/bold yellow]")
     empty = [r for r in regimes
              if None not in pr["auc_interval"][r] and pr["auc_interval"][r][0] > pr["auc_interval"][r][1]]
     if empty:
