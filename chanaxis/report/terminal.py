@@ -52,9 +52,10 @@ def render(summary: dict, console: Console | None = None) -> None:
     if "trajectory" in summary:
         tr = summary["trajectory"]
         if tr.get("coupling_init") is not None:
+            drop = next((r for r in summary.get("claims", []) if r["id"] == 3 and r.get("value") is not None), None)
             c.print(f"(3) Did they separate in training? layer-mean Spearman I_X vs I(T;Y): "
                     f"{_n(tr['coupling_init'])} at epoch {tr['checkpoints'][0]} → {_n(tr['coupling_end'])} at epoch "
-                    f"{tr['checkpoints'][-1]}")
+                    f"{tr['checkpoints'][-1]}" + (f"; drop {interval_text(drop)}, {drop['resampled']}" if drop else ""))
             t = Table(title="trajectory: coupling and rank stability against the last checkpoint (Spearman)")
             for col in ("epoch", "I_X vs I(T;Y)", "local ranks", "target ranks", "eval accuracy"):
                 t.add_column(col, justify="right")
