@@ -160,7 +160,7 @@ def fisher_pooled(within_bin, weights, idx) -> np.ndarray:
     return np.where(tot > 0, np.tanh(np.where(ww > 0, ww * z, 0).sum(0) / np.maximum(tot, 1e-300)), np.nan)
 
 
-def _nanmean(x, axis=None):
+def nanmean(x, axis=None):
     x = np.asarray(x, np.float64)
     ok = np.isfinite(x)
     cnt = ok.sum(axis=axis)
@@ -185,7 +185,7 @@ def alignment_ratio(rho: np.ndarray, metrics: list[str]) -> Measured:
     blocks = [(np.array([a for a, _ in p]), np.array([b for _, b in p])) for p in (pairs_l, pairs_t, pairs_x)]
 
     def stat(idx):
-        m = _nanmean(rho[idx], axis=0)
+        m = nanmean(rho[idx], axis=0)
         block = []
         for a, b in blocks:
             v = np.abs(m[a, b])
@@ -227,8 +227,8 @@ def decoupling(coupling, checkpoints) -> Measured:
     note = "" if int(checkpoints[0]) == 0 else f"the first checkpoint is epoch {int(checkpoints[0])}, not initialisation"
     lo, hi = bootstrap(lambda i: d[i].mean(), len(d))
     return Measured(float(d.mean()), lo, hi, f"layers ({len(d)}), paired, {N_BOOT} resamples",
-                    note=f"epoch {int(checkpoints[0])} {_nanmean(c[0]):+.2f} → epoch {int(checkpoints[-1])} "
-                         f"{_nanmean(c[-1]):+.2f}" + (f"; {note}" if note else ""))
+                    note=f"epoch {int(checkpoints[0])} {nanmean(c[0]):+.2f} → epoch {int(checkpoints[-1])} "
+                         f"{nanmean(c[-1]):+.2f}" + (f"; {note}" if note else ""))
 
 
 def q_gap(q_r, q_s, layers=None) -> Measured:

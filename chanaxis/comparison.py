@@ -186,7 +186,7 @@ def figures(paths, out_dir) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from .locations import location
-    from .report.figures import _save
+    from .report.figures import save_figure
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     got = collect(paths)
     out_dir = location(out_dir)
@@ -217,7 +217,7 @@ def figures(paths, out_dir) -> list[Path]:
             row[1].set_title("within-layer ranks", fontsize=9)
             fig.colorbar(sc, ax=row.tolist(), label="relative depth (0 = first layer, 1 = last)")
         fig.suptitle("two-axis planes, one row per run")
-        written.append(_save(fig, out_dir / "compare_planes.png", tight=False))
+        written.append(save_figure(fig, out_dir / "compare_planes.png", tight=False))
 
     with_pruning = [(r, t["pruning"].to_dataset().compute()) for r, t in zip(got["runs"], trees)
                     if "pruning" in t.children and "acc_oneshot" in t["pruning"].to_dataset()]
@@ -250,5 +250,5 @@ def figures(paths, out_dir) -> list[Path]:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 6), fontsize=8)
         fig.suptitle("pruning at matched MACs, runs side by side (shared axes)")
         fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-        written.append(_save(fig, out_dir / "compare_pruning.png", tight=False))
+        written.append(save_figure(fig, out_dir / "compare_pruning.png", tight=False))
     return written

@@ -24,6 +24,7 @@ STEP = "training step"
 COV = "covariances (float64 matmul)"
 PER_LAYER = "hulls and clustering (per layer)"
 REPORT = "tables and figures"
+WRITE = "store writes"
 
 BATCH_SECONDS = 0.5  # target duration of one timed batch: the whole measurement takes a few seconds on a CPU
 PROBE = 4            # images of the warm-up load that size the batches
@@ -44,6 +45,7 @@ class Rates:
     n_images: int
     load_train: float | None = None
     step: float | None = None
+    write: float | None = None   # seconds per byte of a capture's chunk writes (checksum included); None: not timed
 
 
 def overlaps(workers: int, device) -> bool:
@@ -274,10 +276,43 @@ def measure(model, eval_dataset, train_dataset=None, *, workers: int | None = No
         step = _step_rate(module, tb, dev, precision.resolve(train_precision, dev))
         n_images += sum(len(x) for x, _ in tb)
     return Rates(load_eval=load_eval, forward=fwd, matmul=_matmul_rate(), workers=loader.workers,
-                 overlap=overlaps(loader.workers, dev), n_images=n_images, load_train=load_train, step=step)
+                 overlap=overlaps(loader.workers, dev), n_images=n_images, load_train=load_train, step=step,
+                 write=_write_rate())
+
+
+def _write_rate(n_arrays: int = 16, nbytes: int = 1 << 20) -> float:
+    """Seconds per byte of writing a capture chunk: `n_arrays` uncompressed float32 zarr arrays of `nbytes` each
+    written at once (`store.write_many`, as capture does) into a temporary folder, with their CRC-32 (the fastest of
+    two writes counts)."""
+    import tempfile
+
+    import zarr
+
+    from . import integrity, store
+    data = np.random.default_rng(0).standard_normal(nbytes // 4).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="chanaxis-estimate-") as d:
+        g = zarr.open_group(d, mode="w")
+        arrays = [g.create_array(f"a{k}", shape=(2, data.size), chunks=(1, data.size), dtype="float32",
+                                 compressors=None) for k in range(n_arrays)]
+        best = math.inf
+        for row in range(2):
+            t = time.perf_counter()
+            store.write_many([(a, row, data) for a in arrays])
+            for _ in arrays:
+                integrity.crc(data)
+            best = min(best, time.perf_counter() - t)
+    return best / (n_arrays * data.nbytes)
 
 
 # ------------------------------------------------------------------------------------------------------ the stages
+def _capture_bytes(graph, n_images: int, cap, n_classes: int) -> int:
+    """Bytes the capture of `n_images` writes (`chanaxis.stages.capture.store_bytes`)."""
+    from .stages.capture import store_bytes
+    layers = {l: (min(cap.spatial_samples, int(np.prod(graph[l].out_hw))), graph[l].c_out)
+              for l in (cap.layers or graph.names)}
+    return store_bytes(n_images, layers, cap.dtype, n_classes)
+
+
 def _recipe(study, card) -> tuple[int, int]:
     """(epochs, batch size) of the study's training, as the train stage will resolve them."""
     from .errors import ChanaxisError
@@ -336,8 +371,11 @@ def estimate_stages(study, stages: list[str]) -> Estimate:
                             _add(_add(stream(per_epoch, lt, step, STEP, ov), times=epochs),
                                  _add(stream(n_ev, le, fwd, FORWARD, ov), times=epochs + 1))))
         elif s == "capture":
-            # the forward with its hooks and the sampled activations: about half as much again as a bare one
-            rows.append(Row(s, f"{n_cal} images", stream(n_cal, le, fwd * 1.5, FORWARD, ov)))
+            # the forward with its hooks and the sampled activations: about half as much again as a bare one; the
+            # store's writes run in a thread beside it (the capture takes the longer of the two)
+            compute = stream(n_cal, le, fwd * 1.5, FORWARD, ov)
+            writes = _capture_bytes(graph, n_cal, cap, model.num_classes) * (rates.write or 0.0)
+            rows.append(Row(s, f"{n_cal} images", {WRITE: writes} if writes > sum(compute.values()) else compute))
         elif s == "metrics":
             n_geo = min(n_cal, p["metrics"].geometry_images)
             rows.append(Row(s, f"{len(graph)} layers, {n_cal} images",

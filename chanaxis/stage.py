@@ -70,6 +70,7 @@ class Context:
         self._memo: dict[Any, Any] = {}
         self._cluster = None
         self.bar = None
+        self._unit_progress = None  # the running unit's share of the stage's bar (set by run_stage)
 
     def model(self, run=None):
         """The study's model (built once; a store's model is checked against its weight hash by the factory)."""
@@ -79,6 +80,21 @@ class Context:
                 self._factory = lambda r: model_from_store(r, device=self.device)
             self._model = self._factory(run)
         return self._model
+
+    def advance(self, work: float) -> None:
+        """Report part of the running unit's work as done, in the unit's own `Unit.work` measure (a cell of two
+        parts says 1 after its first). Never past the unit's work; `run_stage` sets the bar exactly when the unit
+        ends. Does nothing where no bar shows (--quiet, a cluster's task, a unit run outside `run_stage`)."""
+        if self._unit_progress is not None:
+            self._unit_progress.advance(work)
+
+    def steps(self, total: int, done: int = 0, description: str | None = None) -> Callable[..., None]:
+        """A counter of the running unit's `total` steps (`done` of them already done, e.g. on resume): call it
+        once per step (`tick(n=1, description=None)`). The unit's share of the bar advances step by step; a stage
+        of one unit (train) shows the steps themselves as the bar's total."""
+        if self._unit_progress is None:
+            return lambda n=1, description=None: None
+        return self._unit_progress.steps(total, done, description)
 
     def memo(self, key, fn: Callable[[], Any]):
         """`fn()` computed once per process for `key` (evaluation images, score tables, a training split…)."""
@@ -215,22 +231,77 @@ def run_stage(stage: Stage, run, ctx: Context, order: Callable[[list[Unit]], Ite
         cluster = ctx.cluster() if len(todo) > 1 and not stage.in_process else None
         with progress_bar(ctx.progress and bool(todo)) as bar:
             ctx.bar = bar
-            task = bar.add_task(stage.name, total=sum(u.work for u in todo) or 1)
-            if cluster is not None:  # each unit a task on the cluster; prepare and finish stay here
-                from .distributed import run_units
+            total = sum(u.work for u in todo) or 1
+            task = bar.add_task(stage.name, total=total)
+            if cluster is not None:  # each unit a task on the cluster (advanced as each ends); prepare and finish
+                from .distributed import run_units  # stay here
                 run_units(stage, run, ctx, todo, cluster, bar, task)
             else:
+                done = 0
                 for u in todo:
+                    unit = ctx._unit_progress = _UnitProgress(bar, task, done, u.work, alone=len(todo) == 1)
                     stage.run_unit(run, u, ctx)
-                    bar.update(task, advance=u.work)
+                    unit.finish()
+                    ctx._unit_progress = None
+                    done += u.work
+                    if unit.own_total is not None:
+                        total = unit.own_total
+            # exactly its total at the end: in-unit steps are fractions, whose float sum may fall short of it
+            bar.update(task, completed=total)
             ctx.bar = None
         return stage.finish(run, ctx)
     finally:
         ctx.bar = None
+        ctx._unit_progress = None
         ctx.forget("loader")  # the stage's loaders (and their worker processes) end with it
         ctx.close_cluster()   # a cluster made for the run ends with the stage
         if lock:
             lock.release()
+
+
+class _UnitProgress:
+    """One unit's share of its stage's bar: [`start`, `start + work`] in the stage's work units. `advance` moves
+    within it (never past its end); `steps` counts the unit's own steps — as the bar itself when the unit is the
+    stage's only one (`alone`: the bar then shows the steps), else as fractions of its share. `finish` puts the bar
+    exactly at the unit's end (or the steps' total)."""
+
+    def __init__(self, bar, task, start: float, work: float, alone: bool = False):
+        self.bar, self.task, self.start, self.work, self.alone = bar, task, start, work, alone
+        self.done = 0.0
+        self.own_total = None   # the steps' total, when they are the bar's
+
+    def advance(self, work: float) -> None:
+        if self.own_total is not None:
+            return
+        self.done = min(self.work, self.done + work)
+        self.bar.update(self.task, completed=self.start + self.done)
+
+    def steps(self, total: int, done: int = 0, description: str | None = None):
+        total = max(1, int(total))
+        if self.alone and self.done == 0:  # the stage's only unit, nothing reported yet: its steps are the bar's
+            self.own_total = total
+            self.bar.update(self.task, total=total, completed=min(done, total),
+                            **({"description": description} if description else {}))
+
+            def tick(n: int = 1, description: str | None = None) -> None:
+                self.bar.update(self.task, advance=n, **({"description": description} if description else {}))
+            return tick
+        base, share = self.done, self.work - self.done
+        count = {"n": min(done, total)}
+
+        def tick(n: int = 1, description: str | None = None) -> None:
+            count["n"] = min(total, count["n"] + n)
+            self.done = min(self.work, base + share * count["n"] / total)
+            self.bar.update(self.task, completed=self.start + self.done,
+                            **({"description": description} if description else {}))
+        return tick
+
+    def finish(self) -> None:
+        if self.own_total is not None:
+            self.bar.update(self.task, completed=self.own_total)
+        else:
+            self.done = self.work
+            self.bar.update(self.task, completed=self.start + self.work)
 
 
 # -------------------------------------------------------------------- the registry

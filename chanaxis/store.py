@@ -3,12 +3,20 @@
 Layout (DESIGN.md): `/` attrs (provenance, config, stage status), `/samples`, `/layers/<layer>`, `/graph`, and one
 node per later stage. Stage status lives in the root attrs as {stage: "running" | "done"}; a stage is only marked
 done after everything it writes is on disk, so a killed stage is never reported as finished.
+
+Conventions for other readers (plain xarray, zarr): every variable and coordinate the store's writers make carries
+CF `long_name` and `units` (`chanaxis.conventions`, applied here in `write_dataset`, `new_array`, `new_arrays`), and
+the root holds zarr v3 consolidated metadata whenever the store is at rest: written when a stage is marked done
+(`set_status`) or provenance is recorded, and dropped by the next write of the root attrs (a stage marked running
+rewrites them through a live handle, which has none), so a consolidated view is never stale. chanaxis itself always
+reads the live metadata (`use_consolidated=False`, `consolidated=False`).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +29,7 @@ import zarr.core.sync
 import zarr.storage
 
 from .version import __version__
-from . import safety
+from . import conventions, safety
 from .errors import ChanaxisError
 from .locations import is_url, location
 
@@ -49,7 +57,7 @@ def create_or_resume(path: str | Path, config: dict[str, Any], overwrite: bool =
             found = ", ".join(sorted(p.name for p in path.iterdir())[:4])
             raise ChanaxisError(f"'{path}' exists and is not a chanaxis run store (it holds {found}); chanaxis "
                                 "never replaces what it did not make: choose another --out")
-        root = zarr.open_group(str(path), mode="r+")
+        root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         old = root.attrs.get("config")
         if old == config:
             return root
@@ -114,8 +122,11 @@ def set_stage_config(grp: zarr.Group, stage: str, config: dict, node: str | None
 
 
 def set_provenance(grp: zarr.Group, **attrs) -> None:
-    """Record study-level provenance (the preset and its parameters) in the root attrs, in one write."""
+    """Record study-level provenance (the preset and its parameters) in the root attrs, in one write; the store's
+    consolidated metadata is written again unless a stage is running."""
     grp.update_attributes(jsonable(attrs))
+    if "running" not in dict(grp.attrs.get("status", {})).values():
+        consolidate(grp)
 
 
 def stage_state(run, stage: str) -> str | None:
@@ -125,9 +136,37 @@ def stage_state(run, stage: str) -> str | None:
 
 
 def set_status(root: zarr.Group, stage: str, state: str) -> None:
+    """Record `stage` as "running" or "done" in the root attrs. "done" also writes the store's consolidated
+    metadata (`consolidate`): after every finished stage plain xarray opens the store, new nodes included. Writing
+    "running" rewrites the root's metadata through `root`, a live handle (`open_group`), which drops any
+    consolidated metadata: while a stage writes, readers see the live store, never a stale summary of it."""
     status = dict(root.attrs.get("status", {}))
     status[stage] = state
     root.attrs["status"] = status
+    if state == "done":
+        consolidate(root)
+
+
+def consolidate(run) -> None:
+    """Write zarr v3 consolidated metadata at the root of the store `run` (a path, URL or open group): every node's
+    metadata in the root `zarr.json`, what `xarray.open_zarr`/`open_datatree` read first. Works on any store zarr
+    writes to (local folders, fsspec URLs such as s3://)."""
+    grp = run if isinstance(run, zarr.Group) else open_group(run, mode="r+")
+    if not grp.store.supports_consolidated_metadata:
+        return  # readers read the live metadata there, as while a stage runs
+    with warnings.catch_warnings():  # zarr says consolidated metadata is not in the v3 spec yet; xarray reads it
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(grp.store, path=grp.path or None)
+
+
+def drop_consolidated(root: zarr.Group) -> None:
+    """Remove the consolidated metadata from the root `zarr.json` of the store of `root`, if it has any (before a
+    write that adds or replaces nodes outside a running stage, so no reader sees a stale summary meanwhile)."""
+    key = f"{root.path}/zarr.json" if root.path else "zarr.json"
+    buf = zarr.core.sync.sync(root.store.get(key, zarr.core.buffer.default_buffer_prototype()))
+    if buf is not None and json.loads(buf.to_bytes()).get("consolidated_metadata") is not None:
+        # the live metadata written back as it is: without the summary (zarr's own writer, zarr's own bytes)
+        zarr.open_group(store=root.store, path=root.path, mode="r+", use_consolidated=False).update_attributes({})
 
 
 def status(path: str | Path) -> dict[str, str]:
@@ -139,7 +178,8 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     if not path.exists():
         raise ChanaxisError(f"no run store at '{path}'; create one with `chanaxis capture MODEL --dataset D --out {path}`")
     try:
-        return zarr.open_group(str(path), mode=mode)
+        # the live metadata, never the consolidated summary: a stage adds and replaces nodes while it runs
+        return zarr.open_group(str(path), mode=mode, use_consolidated=False)
     except Exception:  # noqa: BLE001
         raise ChanaxisError(f"'{path}' is not a chanaxis run store (no zarr group there)") from None
 
@@ -167,11 +207,17 @@ def write_dataset(root: zarr.Group, node: str, ds: xr.Dataset) -> None:
 
     xarray writes a dataset's arrays one after another, each file a round trip (a few ms on disk, tens of ms on an
     object store, for a metrics node of a few hundred arrays), so the node is written by xarray into a MemoryStore
-    and its keys are then copied to the store concurrently: the bytes are xarray's own."""
+    and its keys are then copied to the store concurrently: the bytes are xarray's own. Every variable and
+    coordinate gets its `long_name` and `units` (`chanaxis.conventions`).
+
+    A node written outside a running stage (the store at rest) first drops the root's consolidated metadata, so no
+    reader sees a summary without it; whoever writes it then consolidates (`consolidate`, or a stage's "done")."""
+    if not root.path:
+        drop_consolidated(root)
     if node in root:
         del root[node]
     # variable-length strings: zarr v3 has a spec for them, not for numpy's fixed-width unicode
-    ds = ds.copy()
+    ds = conventions.annotate(node, ds.copy())
     for k in list(ds.variables):
         if ds[k].dtype.kind == "U":
             ds[k] = ds[k].astype(object)
@@ -194,18 +240,21 @@ async def _copy_keys(src, dst, prefix: str, skip=("zarr.json",)) -> None:
     await asyncio.gather(*(copy(k) for k in keys))
 
 
-def _array_kwargs(shape, dims, dtype, chunks=None, attrs=None, compress=False, fill_value=None) -> dict:
+def _array_kwargs(shape, dims, dtype, chunks=None, attrs=None, compress=False, fill_value=None, path="") -> dict:
+    """zarr's `create_array` arguments; `path` (the array's path in the store) names its CF attributes."""
+    node, _, name = path.strip("/").rpartition("/")
     return dict(shape=tuple(shape), chunks=tuple(chunks or shape), dtype=dtype, dimension_names=list(dims),
                 compressors="auto" if compress else None,
                 fill_value=fill_value if fill_value is not None else "" if dtype is str else 0,
-                attributes=attrs or {}, overwrite=True)
+                attributes=conventions.attrs(node, name, attrs), overwrite=True)
 
 
 def new_array(group: zarr.Group, name: str, shape, dims, dtype, chunks=None, attrs=None, compress=False,
               fill_value=None):
     """A new array (replacing one of that name); `fill_value` is what an unwritten chunk reads as (default 0 or
     ""), so an array filled by many units needs no writes up front."""
-    return group.create_array(name, **_array_kwargs(shape, dims, dtype, chunks, attrs, compress, fill_value))
+    return group.create_array(name, **_array_kwargs(shape, dims, dtype, chunks, attrs, compress, fill_value,
+                                                    path=f"{group.path}/{name}"))
 
 
 def new_arrays(group: zarr.Group, groups: dict[str, dict] | None = None, arrays: list[dict] | None = None) -> None:
@@ -230,7 +279,7 @@ def new_arrays(group: zarr.Group, groups: dict[str, dict] | None = None, arrays:
         async def one(spec):
             spec = dict(spec)
             name, data = spec.pop("name"), spec.pop("data", None)
-            arr = await ag.create_array(name, **_array_kwargs(**spec))
+            arr = await ag.create_array(name, **_array_kwargs(**spec, path=f"{group.path}/{name}"))
             if data is not None:
                 await arr.setitem(Ellipsis, data)
         await asyncio.gather(*(one(spec) for spec in arrays or ()))

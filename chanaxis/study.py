@@ -169,10 +169,10 @@ class Study:
         total, r = est.total, est.rates
         where = f"measured on {r.n_images} real images of {self.dataset}" if r else "nothing to measure"
         t = Table(title=f"estimated duration ({self.preset_name} preset, {self.device}, {where})")
-        t.add_column("stage")
-        t.add_column("work")
-        t.add_column("estimate", justify="right")
-        t.add_column("bound by")
+        t.add_column("stage", overflow="fold")
+        t.add_column("work", overflow="fold")
+        t.add_column("estimate", justify="right", overflow="fold")
+        t.add_column("bound by", overflow="fold")
         for row in est.rows:
             share = f" ({100 * row.terms[row.bound] / row.seconds:.0f} %)" if row.seconds > 0 else ""
             t.add_row(row.stage, row.work, human(row.seconds), row.bound + share)
@@ -206,8 +206,9 @@ class Study:
         if name == "trajectory" and self.run.exists():  # the report reads the trajectory from the run store
             from . import store
             tree = store.open_run(result)
-            store.write_dataset(store.open_group(self.run, mode="r+"), store.TRAJECTORY,
-                                tree[store.TRAJECTORY].to_dataset().compute())
+            grp = store.open_group(self.run, mode="r+")
+            store.write_dataset(grp, store.TRAJECTORY, tree[store.TRAJECTORY].to_dataset().compute())
+            store.consolidate(grp)  # the new node in the consolidated metadata plain xarray reads
         return result
 
 
@@ -255,10 +256,6 @@ def flat(p: dict) -> dict:
 
 
 def human(secs: float) -> str:
-    if secs < 90:
-        return f"{secs:.0f} s"
-    if secs < 5400:
-        return f"{secs / 60:.0f} min"
-    if secs < 3 * 86400:
-        return f"{secs / 3600:.1f} h"
-    return f"{secs / 86400:.1f} days"
+    """A duration for people (`chanaxis.progress.duration`: "under 1 s", "42 s", "7 min", "1.5 h")."""
+    from .progress import duration
+    return duration(secs)

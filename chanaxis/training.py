@@ -407,7 +407,14 @@ class _Job:
                                      eval_loader.batches(ev_idx, r["batch_size"]))
             return float(loss), float(acc)
 
-        task = bar.add_task("train", total=r["epochs"] * n_batches, completed=max(0, start - 1) * n_batches)
+        total, done = r["epochs"] * n_batches, max(0, start - 1) * n_batches
+        if bar is ctx.bar:  # the stage's own bar (run_stage): its total becomes the training steps
+            tick = ctx.steps(total, done)
+        else:
+            task = bar.add_task("train", total=total, completed=done)
+
+            def tick(n=1, description=None):
+                bar.update(task, advance=n, **({"description": description} if description else {}))
         if start == 0:
             t0 = time.perf_counter()
             el, ea = measure()
@@ -433,8 +440,8 @@ class _Job:
                 loss_sum += float(loss.detach()) * len(y)
                 correct += int((z.argmax(1) == y).sum())
                 n += len(y)
-                bar.update(task, advance=1, description=f"train epoch {epoch}/{r['epochs']}  loss "
-                                                        f"{loss_sum / n:.3f} nats  acc {100 * correct / n:.1f} %")
+                tick(1, description=f"train epoch {epoch}/{r['epochs']}  loss {loss_sum / n:.3f} nats  acc "
+                                    f"{100 * correct / n:.1f} %")
             sched.step()
             el, ea = measure()
             row = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "train_acc": 100.0 * correct / max(n, 1),

@@ -20,7 +20,9 @@ def register(sub) -> None:
                         "bf16 on CUDA and fp32 elsewhere); the passes that feed the metrics stay fp32 (--set "
                         "capture.precision=bf16 etc. to change them)")
     s.add_argument("--seeds", default=None, help="pruning seeds, comma list (default: the preset's)")
-    s.add_argument("--stages", default=None, help="comma list of stages to run (default: all, in order)")
+    from chanaxis.stage import targets
+    s.add_argument("--stages", default=None, metavar="STAGE,…",
+                   help=f"comma list of stages to run, each one of: {', '.join(targets())} (default: all, in order)")
     s.add_argument("--data-root", default=None, help="where the dataset lies (default: the card's search paths)")
     s.add_argument("--pretrained", action="store_true", help="start training from timm's pretrained weights")
     s.add_argument("--out", "-o", default=None, help="study folder (default: runs/<model>-<dataset>-<preset>)")

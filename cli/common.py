@@ -29,7 +29,7 @@ def device(name: str) -> str:
 def add_run_options(p: argparse.ArgumentParser, overwrite: str | None = None) -> None:
     """--device, --loader-workers, --workers, --scheduler, --quiet and (when the stage can redo its node)
     --overwrite."""
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N (default: cpu)")
     if overwrite:
         p.add_argument("--overwrite", action="store_true", help=overwrite)
     p.add_argument("--loader-workers", type=int, default=None, metavar="N",
@@ -40,7 +40,7 @@ def add_run_options(p: argparse.ArgumentParser, overwrite: str | None = None) ->
                         "(N >= 2; default: in this process); results equal the in-process run")
     p.add_argument("--scheduler", default=None, metavar="ADDR",
                    help="run the stage's units on a running dask.distributed cluster (tcp://host:8786)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (results, warnings and errors still print)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ def run(a) -> None:
     t = Table(title=f"Spearman(score, −damage): layer mean and within-bin pooled ({p.attrs['n_bins']} bins of "
                     "I(T;Y))")
     for c in ("metric", "layer mean ρ", "within-bin ρ"):
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     order = np.argsort(-np.nan_to_num(p["within_bin_pooled"].values, nan=-9))
     for i in order:
         t.add_row(str(p.metric.values[i]), f"{p['spearman_layer_mean'].values[i]:+.3f}",

@@ -14,8 +14,8 @@ def cmd_models(a) -> None:
     from chanaxis.registry import adapters
     timm_adapter = adapters().get("timm")
     t = Table(title="models chanaxis opens")
-    t.add_column("source")
-    t.add_column("models")
+    t.add_column("source", overflow="fold")
+    t.add_column("models", overflow="fold")
     if timm_adapter is not None:
         from chanaxis.adapters.timm import FEATURED
         names = timm_adapter.list_models(a.pattern or "*")
@@ -33,7 +33,7 @@ def cmd_datasets(a) -> None:
     cards = {c.name: c for c in list_cards()}
     t = Table(title="datasets (data cards)")
     for col in ("name", "classes", "size (px)", "available", "where / how to get it"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # long paths and URLs fold whole, never cut with "…"
     for av in availability(a.data_root):
         c = cards[av.name]
         t.add_row(av.name, str(c.num_classes), str(c.image_size), "yes" if av.available else "no",
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("datasets", help="list data cards and whether each is available here")
-    s.add_argument("--data-root", default=None)
+    s.add_argument("--data-root", default=None, metavar="DIR",
+                   help="look for each dataset in DIR or DIR/NAME (default: each card's search paths)")
     s.set_defaults(func=cmd_datasets)
 
     # each later stage registers its own subcommand from its own module: register(subparsers)

@@ -25,7 +25,8 @@ def add_params(parser: argparse.ArgumentParser, params_cls: type[Params], defaul
         kind = kinds[0]
         default = getattr(shown, d["name"])
         unit = f" [{d['unit']}]" if d["unit"] and d["unit"] != "1" else ""
-        choices = f"; one of: {', '.join(map(str, d['choices']))}" if d["choices"] else ""
+        many = typing.get_origin(kind) in (tuple, list)
+        choices = f"; {'each ' if many else ''}one of: {', '.join(map(str, d['choices']))}" if d["choices"] else ""
         none = f"; none = {d['none']}" if d["none"] else ""
         shown_default = ",".join(map(str, default)) if isinstance(default, tuple) else default
         text = f"{d['help']}{unit}{choices}{none} (default: {'none' if default is None else shown_default})"
@@ -34,7 +35,7 @@ def add_params(parser: argparse.ArgumentParser, params_cls: type[Params], defaul
         if kind is bool:
             group.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
             continue
-        if typing.get_origin(kind) in (tuple, list):
+        if many:
             kw.update(nargs="+", metavar=d["name"].upper())
         else:
             kw["metavar"] = "{" + ",".join(map(str, d["choices"])) + "}" if d["choices"] else d["name"].upper()

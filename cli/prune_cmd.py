@@ -35,7 +35,7 @@ def run(a) -> None:
         t = Table(title=f"{regime}: AUC = mean accuracy (%) over {100 * lo:.1f}–{100 * hi:.1f} % of MACs removed "
                         f"(base {float(ds['base_accuracy']):.1f} %, {ds.attrs['full_macs'] / 1e6:.1f} M MACs)")
         for c in ("method", "axis", "AUC (%)", "± s.d. over seeds"):
-            t.add_column(c)
+            t.add_column(c, overflow="fold")
         for meth in ds.method.values[np.argsort(-ds["auc_mean"].sel(regime=regime).values)]:
             v = auc.sel({"method": meth}).values
             t.add_row(str(meth), str(ds.axis.sel({"method": meth}).values), f"{np.nanmean(v):.2f}",

@@ -35,7 +35,7 @@ def run(a) -> None:
     if "grad_cos_mean" in tr:
         cols.append("grad_cos |cos|")
     for c in cols:
-        t.add_column(c, justify="right")
+        t.add_column(c, justify="right", overflow="fold")
 
     def f(x, d=3):
         return "—" if not np.isfinite(x) else f"{x:.{d}f}"

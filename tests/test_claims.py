@@ -93,7 +93,7 @@ def test_alignment_ratio_and_hull_margin():
 
 def test_lesion_predictor_and_alignment_tables_carry_layer_bootstrap_intervals():
     from chanaxis.interventions.predictors import predictor_tables
-    from chanaxis.report.summary import _lesion, alignment
+    from chanaxis.report.summary import alignment, lesion_summary
     from chanaxis.report.terminal import band
     rng = np.random.default_rng(3)
     layer = np.repeat([f"L{k}" for k in range(8)], 60)
@@ -114,7 +114,7 @@ def test_lesion_predictor_and_alignment_tables_carry_layer_bootstrap_intervals()
                        "delta_r2": ("scope", [np.nan]), "delta_r2_p": ("scope", [np.nan])},
                       coords={"metric": list(scores)}, attrs={"n_bins": 5})
     les = xr.Dataset({"damage_loss": ("unit", damage), "damage_acc": ("unit", damage)})
-    got = _lesion(les, pred)
+    got = lesion_summary(les, pred)
     assert got["interval_resampled"] == f"layers (8), {claims.N_BOOT} resamples"
     for m in scores:
         for key in ("spearman_layer_mean", "within_bin_pooled"):
@@ -126,7 +126,7 @@ def test_lesion_predictor_and_alignment_tables_carry_layer_bootstrap_intervals()
     assert lo < 0 < hi  # unrelated noise: its interval covers 0
     assert band([0.1, 0.1]) == "" and band([None, 0.2]) == "" and band([0.1, 0.3]) == " [+0.10, +0.30]"
     # two layers: no interval (fewer than MIN_RESAMPLED), the table says so instead of printing a CI
-    two = _lesion(les.isel(unit=slice(0, 120)), pred.isel(layer=slice(0, 2)))
+    two = lesion_summary(les.isel(unit=slice(0, 120)), pred.isel(layer=slice(0, 2)))
     assert "spearman_layer_mean_interval" not in two and "interval_resampled" not in two
 
     # the alignment table's layer means: layers resampled, one draw for every row

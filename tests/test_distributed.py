@@ -75,12 +75,24 @@ def test_metrics_on_a_cluster_equals_in_process(bases, client, tmp_path):
     assert not diff, diff
 
 
-def test_lesion_on_a_cluster_equals_in_process(bases, client, tmp_path):
+def test_lesion_on_a_cluster_equals_in_process(bases, client, tmp_path, monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from chanaxis import progress
     ref, run = tmp_path / "ref.zarr", tmp_path / "run.zarr"
     shutil.copytree(bases["measured"], ref)
     shutil.copytree(bases["measured"], run)
     chanaxis.lesion(ref, progress=False, **LESION)
-    chanaxis.lesion(run, progress=False, scheduler=client, **LESION)
+    monkeypatch.setattr(progress, "console", Console(file=io.StringIO(), force_terminal=True, width=100))
+    with progress.record() as finals:  # the bar advances per finished task and ends at its total
+        chanaxis.lesion(run, progress=True, scheduler=client, **LESION)
+    [bar] = [f for f in finals if f.description == "lesion"]
+    assert bar.completed == bar.total > 0
+    shown = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", progress.console.file.getvalue())
+    assert "cluster 2 workers, dashboard" in shown  # the cluster is announced beside the bar
     diff = differences(arrays(ref, ["lesion"]), arrays(run, ["lesion"]))
     assert not diff, diff
     # the model was built once per worker and run (its context cached), not once per task

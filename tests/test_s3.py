@@ -98,6 +98,22 @@ def test_capture_and_metrics_on_s3_equal_the_run_on_disk(s3, local, on_s3):
     assert not s3.exists(f"{BUCKET}/study/.run.zarr.chanaxis-lock")
 
 
+def test_store_on_s3_opens_with_plain_xarray_from_consolidated_metadata(s3, on_s3):
+    """The consolidated metadata is written on S3 too: plain xarray opens the tree and each node without a
+    warning, and every variable has long_name and units."""
+    import warnings
+    import xarray as xr
+    from chanaxis import conventions
+    meta = json.loads(s3.cat(f"{BUCKET}/study/run.zarr/zarr.json"))
+    assert {"metrics", "samples", "graph"} <= set(meta["consolidated_metadata"]["metadata"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tree = xr.open_datatree(on_s3, engine="zarr")
+        for node in ("metrics", "samples", "graph"):
+            ds = xr.open_zarr(on_s3, group=node)
+            assert not conventions.missing(node, ds) and set(ds.variables) == set(tree[node].variables)
+
+
 def test_interrupted_capture_on_s3_resumes_only_what_is_missing(s3, local):
     url = _url("resume/run.zarr")
     class StopsAtSecondChunk(CaptureStage):

@@ -32,11 +32,12 @@ def taylor_scores(model, x: torch.Tensor, y: torch.Tensor, layers: list[str], ba
 
 
 def finetune(model, eff: Effective, loader, epochs: int, max_batches: int, lr: float, seed: int,
-             batch_size: int, precision: str = "fp32") -> torch.nn.Module:
+             batch_size: int, precision: str = "fp32", steps=None) -> torch.nn.Module:
     """A pruned copy trained with Adam on the training images of `loader` (a `chanaxis.data.loader.Loader`, whose
     augmentation is seeded per item); pruned parameters (and the consumers' dead input slices) are zeroed after
     every step, so the pruned network stays exactly the masked one. `precision`: "fp32" or "bf16" (autocast, with
-    channels_last on CUDA)."""
+    channels_last on CUDA). `steps(n)`, when given, is called once with the number of training steps and returns a
+    function called after each step (a progress bar's tick: `chanaxis.stage.Context.steps`)."""
     require(model, "gradients", what="fine-tuning (--finetune-epochs > 0; pass --finetune-epochs 0 for one-shot)")
     device = getattr(model, "device", "cpu")
     net = prec.to_device_layout(copy.deepcopy(model.module), device)
@@ -48,6 +49,7 @@ def finetune(model, eff: Effective, loader, epochs: int, max_batches: int, lr: f
         order_rng = np.random.default_rng(seed)
         n = len(loader.dataset)
         n_batches = min(max_batches, n // batch_size if n >= batch_size else 1)
+        tick = steps(epochs * n_batches) if steps is not None else None
         for epoch in range(epochs):
             order = order_rng.permutation(n)[:n_batches * batch_size]
             net.train()
@@ -58,4 +60,6 @@ def finetune(model, eff: Effective, loader, epochs: int, max_batches: int, lr: f
                 loss.backward()
                 opt.step()
                 zero()
+                if tick is not None:
+                    tick()
     return net.eval()

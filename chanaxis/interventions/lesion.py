@@ -167,8 +167,9 @@ class LesionStage(Stage):
             moments = held[name]
         base = self._base(run, ctx)
         with precision.autocast(p.precision, ctx.device, model):
+            # the bar advances per pass, in the unit's work (one per lesion variant); run_stage ends it exactly
             res, mode = layer_damages(model, name, x, y, ch[lo:hi], base, moments, peer_sets, p.batch_size,
-                                      p.suffix, lam=self._lam(run, ctx))
+                                      p.suffix, advance=ctx.advance, lam=self._lam(run, ctx))
         lg = store.open_group(run, mode="r+")[store.LESION]
         # each block owns one chunk of each array (`_raw_group`): blocks of one layer may be written at once
         store.write_many([(lg[f"block_{k}"], (b, slice(0, hi - lo)), np.asarray(v, np.float64))
@@ -383,7 +384,7 @@ def _finish(grp, m, config, chans, base_loss, base_acc, einfo, n_bins, replace):
                 "recovery_" + k[:-len("_damage")]
             with np.errstate(divide="ignore", invalid="ignore"):
                 rec = np.where(d > floor, (d - data[k]) / d, np.nan)
-            ds[rk] = ("unit", rec, {"units": "fraction", "description": f"(damage − {k}) / damage; NaN where "
+            ds[rk] = ("unit", rec, {"units": "1", "description": f"(damage − {k}) / damage; NaN where "
                                     f"damage ≤ {floor} nats"})
     execution = {n: md for n, md in zip(names, modes)}
     ds.attrs.update({"config": store.jsonable(config), "base_loss_nats": float(base_loss),
@@ -416,22 +417,22 @@ def _predictor_dataset(m, rows, ds, n_bins) -> xr.Dataset:
                               scores["input_capture"], peer, n_bins)
     r2 = t["r2"]
     out = xr.Dataset(
-        {"spearman": (("layer", "metric"), t["spearman"], {"units": "Spearman rho", "description":
+        {"spearman": (("layer", "metric"), t["spearman"], {"units": "1", "description":
                                                            "Spearman(score, -damage_loss) within the layer"}),
          "n_units": ("layer", t["n_units"], {"description": "lesioned channels of the layer"}),
-         "spearman_layer_mean": ("metric", t["spearman_layer_mean"], {"units": "Spearman rho"}),
+         "spearman_layer_mean": ("metric", t["spearman_layer_mean"], {"units": "1"}),
          "within_bin": (("layer", "metric"), t["within_bin"], {
-             "units": "Spearman rho", "description": f"Spearman(score, -damage) inside {n_bins} quantile bins of "
+             "units": "1", "description": f"Spearman(score, -damage) inside {n_bins} quantile bins of "
                                                      "task_info, pooled over the bins by Fisher z (weights n-3)"}),
          "within_bin_pooled": ("metric", t["within_bin_pooled"], {
-             "units": "Spearman rho", "description": "within-bin Spearman pooled over all bins of all layers "
+             "units": "1", "description": "within-bin Spearman pooled over all bins of all layers "
                                                      "(Fisher z, weights n-3)"}),
          "within_bin_n_bins": ("metric", t["within_bin_n_bins"], {"description": "bins with n > 3 that entered"}),
-         "r2_base": ("r2_scope", r2[:, 0], {"units": "R^2", "description": "OLS of damage on (input_capture, "
+         "r2_base": ("r2_scope", r2[:, 0], {"units": "1", "description": "OLS of damage on (input_capture, "
                                             "task_info), within-layer percentile ranks"}),
-         "r2_full": ("r2_scope", r2[:, 1], {"units": "R^2", "description": "adding peer support: "
+         "r2_full": ("r2_scope", r2[:, 1], {"units": "1", "description": "adding peer support: "
                                             + ", ".join(PEER_SUPPORT)}),
-         "delta_r2": ("r2_scope", r2[:, 2], {"units": "R^2", "description": "incremental R^2 of peer support"}),
+         "delta_r2": ("r2_scope", r2[:, 2], {"units": "1", "description": "incremental R^2 of peer support"}),
          "delta_r2_p": ("r2_scope", r2[:, 3], {"description": "nested-model F test p-value"})},
         coords={"layer": strings(t["names"]), "metric": strings(t["metrics"]),
                 "r2_scope": strings(t["r2_scopes"])})

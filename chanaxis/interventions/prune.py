@@ -133,14 +133,16 @@ class PruneStage(Stage):
         ft = cfg["finetune_epochs"] > 0
         one_done = np.asarray(pg["oneshot_done"][...], bool)
         ft_done = np.asarray(pg["finetune_done"][...], bool)
+        one = oneshot_share(cfg, int(pg["correct_oneshot"].shape[-1]))
         out = []
         for mi, mth in enumerate(cfg["methods"]):  # today's order: method, seed, level
             for si, seed in enumerate(cfg["seeds"]):
                 for li, level in enumerate(cfg["levels"]):
                     cell = (mi, li, si)
-                    work = int(not one_done[cell]) + int(ft and not ft_done[cell])
-                    if work:
-                        out.append(Unit(f"cell/{mth}/{level}/{seed}", cell, work=work))
+                    todo = (not one_done[cell], bool(ft and not ft_done[cell]))
+                    if any(todo):  # work: the share of the cell still to do (a whole cell is 1 on the bar)
+                        out.append(Unit(f"cell/{mth}/{level}/{seed}", cell,
+                                        work=one * todo[0] + (1 - one) * todo[1]))
         return out
 
     def run_unit(self, run, unit: Unit, ctx: Context) -> None:
@@ -170,9 +172,13 @@ class PruneStage(Stage):
             for k, v in vals.items():
                 pg[k][cell] = v
             pg["oneshot_done"][cell] = True  # last: the cell counts only once its values are on disk
+            # the bar: the one-shot part of the cell (its fine-tune advances per training step)
+            ctx.advance(oneshot_share(cfg, len(x)))
         if p.finetune_epochs > 0 and not pg["finetune_done"][cell]:
+            # one step more than the training steps: the fine-tuned evaluation (the unit's end sets it)
             net = finetune(model, eff, ctx.loader(self._train(run, ctx)), p.finetune_epochs, p.finetune_batches,
-                           p.lr, seed, p.batch_size, precision=cfg["finetune_precision"])
+                           p.lr, seed, p.batch_size, precision=cfg["finetune_precision"],
+                           steps=lambda n: ctx.steps(n + 1))
             with prec.autocast(p.precision, ctx.device, model):
                 loss_ft, acc_ft, loss_img, correct = evaluate_images(
                     module_forward(net, getattr(model, "device", "cpu")), tensor_batches(x, y, p.batch_size))
@@ -277,6 +283,16 @@ def prune(run, *, device: str = "cpu", model=None, progress: bool = True, overwr
 api(PruneStage, prune)
 
 
+def oneshot_share(cfg: dict, n_images: int) -> float:
+    """The one-shot evaluation's share of a cell's time on the progress bar (a cell counts 1): its forward of the
+    `n_images` evaluation images, against the fine-tune's training steps (a step ~ 3 forwards per image, at most
+    `finetune_batches` batches per epoch) and its own evaluation; 1 without fine-tuning."""
+    if cfg["finetune_epochs"] <= 0:
+        return 1.0
+    steps = 3 * cfg["finetune_epochs"] * cfg["finetune_batches"] * cfg["batch_size"]
+    return n_images / (2 * n_images + steps)
+
+
 def no_common_interval(ds: xr.Dataset, regime: str) -> bool:
     """Whether the regime was measured but its methods' curves share no MACs-reduction interval (no AUC)."""
     acc = ds["acc_oneshot" if regime == "oneshot" else "acc_finetuned"].values
@@ -345,7 +361,7 @@ def _assemble(pg, config, m, full, base, einfo, image_index, plan, n_resamples, 
                            "from the effective kept in/out channels of every conv and linear (classifier included)",
                            "full_macs": int(full)})
     ds["macs_retained_pct"] = (cube, 100 * raw["macs_retained"] / full, {"units": "%"})
-    ds["channel_sparsity"] = (cube, raw["channel_sparsity"], {"units": "fraction", "description": "pruned share of "
+    ds["channel_sparsity"] = (cube, raw["channel_sparsity"], {"units": "1", "description": "pruned share of "
                               "the prunable channels (depthwise/grouped followers not counted)"})
     ds["acc_oneshot"] = (cube, raw["acc_oneshot"], {"units": "%", "description": "accuracy of the masked network, "
                          "no fine-tuning"})
@@ -369,7 +385,7 @@ def _assemble(pg, config, m, full, base, einfo, image_index, plan, n_resamples, 
     ds["loss_base_image"] = ("image", np.asarray(base_loss_img, np.float32), {
         "long_name": "per-image cross-entropy, unpruned", "units": "nats"})
     reduction = 1 - raw["macs_retained"] / full
-    ds["macs_reduction"] = (cube, reduction, {"units": "fraction", "description": "1 - macs_retained / full MACs"})
+    ds["macs_reduction"] = (cube, reduction, {"units": "1", "description": "1 - macs_retained / full MACs"})
     auc = np.full((len(REGIMES), len(methods), len(seeds)), np.nan)
     bounds = np.full((len(REGIMES), 2), np.nan)
     for ri, key in enumerate(("acc_oneshot", "acc_finetuned")):
@@ -388,7 +404,7 @@ def _assemble(pg, config, m, full, base, einfo, image_index, plan, n_resamples, 
         warnings.simplefilter("ignore", RuntimeWarning)
         auc_mean = np.nanmean(auc, axis=2)
     ds["auc_mean"] = (("regime", "method"), auc_mean, {"units": "%", "description": "mean over seeds"})
-    ds["auc_interval"] = (("regime", "bound"), bounds, {"units": "fraction of MACs removed"})
+    ds["auc_interval"] = (("regime", "bound"), bounds, {"units": "1", "description": "fraction of MACs removed"})
     ds = ds.assign_coords(regime=strings(REGIMES), bound=strings(["low", "high"]))
     weights = np.full((len(REGIMES), len(methods), len(seeds), len(levels)), np.nan)  # each level's share of auc
     for ri in range(len(REGIMES)):
@@ -399,17 +415,17 @@ def _assemble(pg, config, m, full, base, einfo, image_index, plan, n_resamples, 
     correct = [per_image.get(IMAGE_VARS[r][0]) for r in REGIMES]
     names, diffs, stats_, resampled, best = _contrasts(methods, auc, correct, weights, n_resamples)
     ds = ds.assign_coords(contrast=strings(names))
-    ds["contrast_diff"] = (("regime", "contrast", "seed"), diffs, {"units": "% (AUC points)",
+    ds["contrast_diff"] = (("regime", "contrast", "seed"), diffs, {"units": "%",
                            "description": "paired per-seed AUC difference"})
     interval = unc.describe(len(seeds), len(image_index), n_resamples)
     what = {"contrast_mean": "mean over seeds of the paired AUC difference (from the per-image outcomes)",
             "contrast_ci_low": f"lower bound of the {interval} (NaN: no interval, contrast_resamples says why)",
             "contrast_ci_high": f"upper bound of the {interval} (NaN: no interval, contrast_resamples says why)"}
     for j, k in enumerate(what):
-        ds[k] = (("regime", "contrast"), stats_[..., j], {"units": "% (AUC points)", "description": what[k],
+        ds[k] = (("regime", "contrast"), stats_[..., j], {"units": "%", "description": what[k],
                                                           "interval": interval})
     ds["contrast_resamples"] = (("regime", "contrast"), np.asarray(resampled.tolist(), dtype=str), {
-        "long_name": "what the contrast's interval resamples", "units": "", "description": "the interval's "
+        "long_name": "what the contrast's interval resamples", "units": "1", "description": "the interval's "
         f"resampling ({interval}), or, where contrast_ci_low/high are NaN, why there is no interval"})
     ds["best_local"] = ("regime", strings([b[0] for b in best]))
     ds["best_target"] = ("regime", strings([b[1] for b in best]))
@@ -418,7 +434,7 @@ def _assemble(pg, config, m, full, base, einfo, image_index, plan, n_resamples, 
     ds["base_accuracy"] = ((), base_acc, {"units": "%", "description": "unpruned accuracy on the same images"})
     ds["base_loss"] = ((), base_loss, {"units": "nats"})
     if taylor_unit is not None:
-        ds["taylor"] = ("unit", taylor_unit, {"units": "loss x weight", "description": "sum |w * dL/dw| per filter "
+        ds["taylor"] = ("unit", taylor_unit, {"units": "nats", "description": "sum |w * dL/dw| per filter "
                         f"over {config['taylor_images']} calibration images (one accumulated gradient)"})
         ds = ds.assign_coords(layer=("unit", strings(m["layer"].values)),
                               channel=("unit", np.asarray(m["channel"].values, np.int64)))

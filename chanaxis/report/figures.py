@@ -14,7 +14,7 @@ from ..locations import location  # noqa: E402
 from ..store import open_run  # noqa: E402
 
 
-def _save(fig, out: Path, tight: bool = True) -> Path:
+def save_figure(fig, out: Path, tight: bool = True) -> Path:
     if tight:  # False: the caller placed colorbars or legends by hand
         fig.tight_layout()
     with out.open("wb") as f:  # a local file or an object at a URL alike
@@ -49,7 +49,7 @@ def plane(m, out: Path, max_layers: int = 16) -> Path:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle("two-axis plane: input capture vs task information, per layer")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def spearman_matrix(s, out: Path) -> Path:
@@ -65,7 +65,7 @@ def spearman_matrix(s, out: Path) -> Path:
                 ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=6)
     fig.colorbar(im, label="Spearman ρ (layer mean)")
     ax.set_title("alignment of channel metrics (within layers)")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def pruning_curves(p, out: Path) -> Path:
@@ -91,7 +91,7 @@ def pruning_curves(p, out: Path) -> Path:
         ax.set_title(var.replace("acc_", "accuracy, "))
         ax.invert_xaxis()
     axes.flat[0].legend(fontsize=7)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def trajectory(t, out: Path) -> Path:
@@ -105,7 +105,7 @@ def trajectory(t, out: Path) -> Path:
     ax.set_ylabel("Spearman ρ, I_X vs I(T;Y)")
     ax.set_title("coupling of the two axes during training")
     ax.legend()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def lesion_predictors(summary_lesion: dict, out: Path) -> Path:
@@ -121,7 +121,7 @@ def lesion_predictors(summary_lesion: dict, out: Path) -> Path:
     ax.axhline(0, color="k", lw=0.5)
     ax.legend()
     ax.set_title("which metric predicts lesion damage")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def write_all(run: str | Path, summary: dict, where: str | Path | None = None) -> list[Path]:

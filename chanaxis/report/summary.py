@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..claims import N_BOOT, _nanmean, bin_weights, bootstrap_columns, fisher_pooled, pruning_inert
+from ..claims import N_BOOT, nanmean, bin_weights, bootstrap_columns, fisher_pooled, pruning_inert
 from ..claims import evaluate as evaluate_claims
 from ..store import open_run
 
@@ -62,7 +62,7 @@ def alignment(s) -> dict:
                   for p in (local_pairs, target_pairs, cross_pairs)]
 
         def stat(idx):
-            m = _nanmean(rho[idx], axis=0)
+            m = nanmean(rho[idx], axis=0)
             row = []
             for a, b in blocks:
                 v = np.abs(m[a, b]) if len(a) else np.array([])
@@ -117,7 +117,7 @@ def summarize(path: str | Path) -> dict:
         out["trajectory"] = _trajectory(tree["trajectory"].to_dataset().compute())
     if "lesion" in tree.children and "damage_loss" in tree["lesion"].to_dataset():
         pred = tree["lesion/predictors"].to_dataset().compute() if "predictors" in tree["lesion"].children else None
-        out["lesion"] = _lesion(tree["lesion"].to_dataset().compute(), pred)
+        out["lesion"] = lesion_summary(tree["lesion"].to_dataset().compute(), pred)
     if "pruning" in tree.children and "auc_mean" in tree["pruning"].to_dataset():
         out["pruning"] = _pruning(tree["pruning"].to_dataset().compute())
     if "preset" in tree.attrs:
@@ -142,7 +142,7 @@ def _trajectory(t) -> dict:
     return res
 
 
-def _lesion(ds, pred=None) -> dict:
+def lesion_summary(ds, pred=None) -> dict:
     res: dict = {"units": int(ds.sizes.get("unit", 0)),
                  "damage_loss_mean_nats": _f(np.nanmean(ds["damage_loss"].values)),
                  "damage_acc_mean_pct": _f(np.nanmean(ds["damage_acc"].values))}
@@ -158,7 +158,7 @@ def _lesion(ds, pred=None) -> dict:
         sp, wb = np.asarray(pred["spearman"].values, np.float64), np.asarray(pred["within_bin"].values, np.float64)
         w = bin_weights(pred["n_units"].values, int(pred.attrs.get("n_bins", 5)))
         n = sp.shape[0]
-        got = bootstrap_columns(lambda idx: np.concatenate([_nanmean(sp[idx], axis=0), fisher_pooled(wb, w, idx)]), n)
+        got = bootstrap_columns(lambda idx: np.concatenate([nanmean(sp[idx], axis=0), fisher_pooled(wb, w, idx)]), n)
         if got is not None:
             k = len(names)
             res["spearman_layer_mean_interval"] = {m: [_f(got[0][i]), _f(got[1][i])] for i, m in enumerate(names)}

@@ -44,15 +44,15 @@ UNITS = {
     "weight_norm_sq": ("weight^2", "||w_i||^2"),
     "magnitude": ("weight", "||w_i||_2"),
     "peer_overlap": ("nats", "(1/C) sum_{j!=i} -1/2 log(1 - rho_ij^2)"),
-    "peer_r2_full": ("R^2", "E_i(all other channels), ridge lambda"),
-    "peer_r2_top8": ("R^2", "E_i(8 peers with largest |rho_ij|), ridge lambda"),
-    "hull_size": ("channels", "greedy forward selection until E_i(H) >= (1-eps) E_full or |H| = max"),
-    "hull_score": ("R^2 per channel", "E_full / max(1, |H_i|)"),
+    "peer_r2_full": ("1", "E_i(all other channels), ridge lambda"),
+    "peer_r2_top8": ("1", "E_i(8 peers with largest |rho_ij|), ridge lambda"),
+    "hull_size": ("1", "greedy forward selection until E_i(H) >= (1-eps) E_full or |H| = max"),
+    "hull_score": ("1", "E_full / max(1, |H_i|)"),
     "task_info": ("nats", "max(0, -1/2 log(1 - rho_iT^2))"),
     "redundancy_t": ("nats", "mean MMI RedT(i,j) = min(I(T;Y_i), I(T;Y_j)) over the candidates"),
     "synergy": ("nats", "mean of the largest target-excess Syn(i,j) among the candidates"),
     "unique_t": ("nats", "max(0, I(T;Y_i) - redundancy_t)"),
-    "grad_cos": ("|cos|", "|cos(Sigma_X w, g_T)|, Gaussian linear analysis"),
+    "grad_cos": ("1", "|cos(Sigma_X w, g_T)|, Gaussian linear analysis"),
 }
 
 
@@ -216,7 +216,7 @@ class MetricsStage(Stage):
                 if geometry is not None:
                     struct["grad_cos"] = ("layer", [float(np.nanmean(geometry[l])) if np.isfinite(geometry[l]).any()
                                                     else np.nan for l in layers],
-                                          {"units": "|cos|", "description": "layer mean of grad_cos"})
+                                          {"units": "1", "description": "layer mean of grad_cos"})
         params = {k: v for k, v in p.items() if k != "only"}
         target_note = "logit margin, match mode"
         if "task_info" in ds and not np.isfinite(ds["task_info"].values).any():
@@ -382,7 +382,7 @@ def _structure(parts, grp, layers, ds, p, bar) -> dict:
         "_cluster_local": np.concatenate(cl_local),
         "_cluster_target": np.concatenate(cl_target),
     }
-    res.update({k: ("layer", v, {"units": "channels" if k == "modularity_channels" else "1"})
+    res.update({k: ("layer", v, {"units": "1"})
                 for k, v in out.items()})
     return res
 

@@ -9,7 +9,6 @@ accuracies. Assembly reads only the small per-unit tables, so redoing it when a 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -221,7 +220,7 @@ class TrajectoryStage(Stage):
             g.attrs.update({"checkpoint_sha256": sha, "trajectory_options": job.opts})
             store.set_status(g, STAGE, "done")
         if self.geometry_due(job.work, c):
-            with contextlib.nullcontext(ctx.bar) if ctx.bar is not None else progress_bar(ctx.progress) as bar:
+            with progress_bar(ctx.progress) as bar:  # a row of the stage's display, gone once done
                 _geometry(path, store.open_group(path, mode="r+"), model or job.model_at(c), p.geometry_images,
                           bar, ctx.loader_workers)
 
@@ -339,11 +338,12 @@ def _geometry(path: Path, g, model, n_images: int, bar, workers: int | None = No
     values = np.full(n_units, np.nan) if res is None else np.concatenate([np.asarray(res[l], np.float64)
                                                                          for l in layers])
     ds = xr.Dataset({"grad_cos": ("unit", values)})
-    ds["grad_cos"].attrs = {"units": "|cos|", "estimator": "|cos(Sigma_X w, g_T)|, Gaussian linear analysis",
+    ds["grad_cos"].attrs = {"units": "1", "estimator": "|cos(Sigma_X w, g_T)|, Gaussian linear analysis",
                             "images": int(min(n_images, g[store.samples_array("dataset_index")].shape[0])),
                             "computed": res is not None}
     ds.attrs["images_asked"] = int(n_images)
     store.write_dataset(g, "trajectory_geometry", ds)
+    store.consolidate(g)  # the checkpoint's store is done: its consolidated metadata with the new node
 
 
 # --------------------------------------------------------------------------------------------------------- assembly
@@ -423,7 +423,7 @@ def _assemble(grp, out: Path, stores: dict[int, Path], manifest: dict | None, wi
                             "layer": np.asarray(layers, dtype=object), "local_metric": local,
                             "target_metric": target, "metric": stab,
                             "axis": ("metric", ["local"] * len(local) + ["target"] * len(target))})
-    sp = {"units": "Spearman rho", "estimator": "within-layer Spearman over the layer's channels"}
+    sp = {"units": "1", "estimator": "within-layer Spearman over the layer's channels"}
     tr["cross_spearman"] = (("checkpoint", "layer", "local_metric", "target_metric"), cross,
                             {**sp, "description": "within-layer Spearman of a local-axis vs a target-axis metric"})
     tr["cross_spearman_mean"] = (("checkpoint", "local_metric", "target_metric"), cross_mean,
@@ -445,9 +445,9 @@ def _assemble(grp, out: Path, stores: dict[int, Path], manifest: dict | None, wi
     if "grad_cos" in met:
         g = np.array([[np.nanmean(v) if np.isfinite(v).any() else np.nan
                        for v in _per_layer(met["grad_cos"].values[i], layer_of_unit, layers)] for i in range(nk)])
-        tr["grad_cos"] = (("checkpoint", "layer"), g, {"units": "|cos|", "description": "layer mean of grad_cos"})
+        tr["grad_cos"] = (("checkpoint", "layer"), g, {"units": "1", "description": "layer mean of grad_cos"})
         with _quiet_nanmean():
-            tr["grad_cos_mean"] = ("checkpoint", np.nanmean(g, axis=1), {"units": "|cos|",
+            tr["grad_cos_mean"] = ("checkpoint", np.nanmean(g, axis=1), {"units": "1",
                                                                          "description": "mean over layers"})
     tr.attrs.update({"last_checkpoint": int(epochs[-1]), "checkpoint_stores": {str(e): str(stores[e])
                                                                                  for e in epochs}})
