@@ -116,6 +116,7 @@ def test_lesion_predictor_and_alignment_tables_carry_layer_bootstrap_intervals()
     les = xr.Dataset({"damage_loss": ("unit", damage), "damage_acc": ("unit", damage)})
     got = lesion_summary(les, pred)
     assert got["interval_resampled"] == f"layers (8), {claims.N_BOOT} resamples"
+    assert got["within_interval_resampled"].startswith("layers with within-bin ρ (8)")
     for m in scores:
         for key in ("spearman_layer_mean", "within_bin_pooled"):
             lo, hi = got[f"{key}_interval"][m]
@@ -128,6 +129,13 @@ def test_lesion_predictor_and_alignment_tables_carry_layer_bootstrap_intervals()
     # two layers: no interval (fewer than MIN_RESAMPLED), the table says so instead of printing a CI
     two = lesion_summary(les.isel(unit=slice(0, 120)), pred.isel(layer=slice(0, 2)))
     assert "spearman_layer_mean_interval" not in two and "interval_resampled" not in two
+    assert "within_bin_pooled_interval" not in two
+    # layers whose bins hold 3 lesions or fewer carry no within-bin ρ: they are not among the units resampled
+    few = pred.copy()
+    few["n_units"] = ("layer", np.where(np.arange(8) < 5, 60, 10))
+    got5 = lesion_summary(les, few)
+    assert got5["within_interval_resampled"].startswith("layers with within-bin ρ (5)")
+    assert got5["interval_resampled"].startswith("layers (8)")
 
     # the alignment table's layer means: layers resampled, one draw for every row
     metrics_ = list(claims.LOCAL) + list(claims.TARGET)

@@ -158,13 +158,17 @@ def lesion_summary(ds, pred=None) -> dict:
         sp, wb = np.asarray(pred["spearman"].values, np.float64), np.asarray(pred["within_bin"].values, np.float64)
         w = bin_weights(pred["n_units"].values, int(pred.attrs.get("n_bins", 5)))
         n = sp.shape[0]
-        got = bootstrap_columns(lambda idx: np.concatenate([nanmean(sp[idx], axis=0), fisher_pooled(wb, w, idx)]), n)
+        got = bootstrap_columns(lambda idx: nanmean(sp[idx], axis=0), n)
         if got is not None:
-            k = len(names)
             res["spearman_layer_mean_interval"] = {m: [_f(got[0][i]), _f(got[1][i])] for i, m in enumerate(names)}
-            res["within_bin_pooled_interval"] = {m: [_f(got[0][k + i]), _f(got[1][k + i])]
-                                                 for i, m in enumerate(names)}
             res["interval_resampled"] = f"layers ({n}), {N_BOOT} resamples"
+        # only layers with bins of more than 3 lesions carry a within-bin ρ: those are the units resampled
+        carry = np.flatnonzero(w > 0)
+        got = bootstrap_columns(lambda idx: fisher_pooled(wb, w, carry[idx]), len(carry))
+        if got is not None:
+            res["within_bin_pooled_interval"] = {m: [_f(got[0][i]), _f(got[1][i])] for i, m in enumerate(names)}
+            res["within_interval_resampled"] = f"layers with within-bin ρ ({len(carry)}), Fisher-weighted, " \
+                                               f"{N_BOOT} resamples"
         scope = [str(x) for x in pred["r2_scope"].values]
         if "pooled" in scope:
             k = scope.index("pooled")

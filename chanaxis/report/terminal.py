@@ -130,8 +130,10 @@ def band(iv, fmt="{:+.2f}") -> str:
 def _lesion(c, les: dict) -> None:
     t = Table(title="(4) Which metric predicts lesion damage? Spearman(score, damage), layer mean, and within 5 "
                     "bins of I(T;Y) (Fisher-z pooled); positive = a high score marks a channel the network needs"
-                    + (f"; [95 % interval], {les['interval_resampled']}" if les.get("interval_resampled") else
-                       "; no intervals (fewer than 3 layers)"))
+                    + "; [95 % interval]: across channels " + (les.get("interval_resampled") or
+                                                               "none (fewer than 3 layers)")
+                    + ", within bins " + (les.get("within_interval_resampled") or
+                                          "none (fewer than 3 layers with bins of more than 3 lesions)"))
     t.add_column("metric", overflow="fold")
     t.add_column("across channels", justify="right", overflow="fold")
     t.add_column("within I(T;Y) bins", justify="right", overflow="fold")
