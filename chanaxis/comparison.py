@@ -132,38 +132,57 @@ def cell(x: dict) -> str:
     return f"{x['value']:+.2f}\n{band}\n"
 
 
+PAPER_LAYOUT_MIN_WIDTH = 120   # a row per run needs ~13 columns per claim; narrower terminals get claims as rows
+
+
 def render(got: dict, console=None) -> None:
+    """The paper's layout (a row per run, a column per claim) on a terminal at least PAPER_LAYOUT_MIN_WIDTH wide;
+    narrower, the same cells transposed (a row per claim, a column per run), so no verdict is cut mid-word. Then the
+    statistics' definitions, the reasons of every verdict reached without an interval, and mixed-run warnings."""
     from rich.console import Console
     from rich.table import Table
 
     from .report.terminal import VERDICT_STYLE
     c = console or Console()
-    t = Table(title="The paper's claims across runs: statistic [95 % interval] and verdict", show_lines=True)
-    t.add_column("run", overflow="fold")
-    for cl in CLAIMS:
-        t.add_column(f"{cl.id}. {SHORT[cl.id]}", overflow="fold")
-    mixed = any(r["note"] for r in got["runs"])
-    if mixed:
-        t.add_column("note", overflow="fold")
-    for r in got["runs"]:
+    runs = got["runs"]
+    mixed = any(r["note"] for r in runs)
+
+    def head(r):
         acc = "—" if r["accuracy_pct"] is None else f"{r['accuracy_pct']:.1f} %"
-        cells = [f"{r['model']}\n{r['dataset']} · {r['preset']}\n{acc} [dim]({r['accuracy_on']})[/dim]"]
-        by_id = {x["id"]: x for x in r["claims"]}
+        return f"{r['model']}\n{r['dataset']} · {r['preset']}\n{acc} [dim]({r['accuracy_on']})[/dim]"
+
+    def body(r, cl):
+        x = {y["id"]: y for y in r["claims"]}.get(cl.id)
+        if x is None:
+            return "—"
+        return f"{cell(x)}[{VERDICT_STYLE.get(x['verdict'], '')}]{x['verdict']}[/]"
+
+    title = "The paper's claims across runs: statistic [95 % interval] and verdict"
+    if c.width >= PAPER_LAYOUT_MIN_WIDTH:
+        t = Table(title=title, show_lines=True)
+        t.add_column("run", overflow="fold")
         for cl in CLAIMS:
-            x = by_id.get(cl.id)
-            if x is None:
-                cells.append("—")
-                continue
-            style = VERDICT_STYLE.get(x["verdict"], "")
-            cells.append(f"{cell(x)}[{style}]{x['verdict']}[/]")
+            t.add_column(f"{cl.id}. {SHORT[cl.id]}", overflow="fold")
         if mixed:
-            cells.append(r["note"])
-        t.add_row(*cells)
+            t.add_column("note", overflow="fold")
+        for r in runs:
+            t.add_row(head(r), *[body(r, cl) for cl in CLAIMS], *([r["note"]] if mixed else []))
+    else:
+        t = Table(title=title + f" (a row per claim at this width; {PAPER_LAYOUT_MIN_WIDTH}+ columns show the "
+                  "paper's layout, a row per run)", show_lines=True)
+        t.add_column("claim", overflow="fold")
+        for r in runs:
+            t.add_column(head(r) + (f"\n[yellow]{r['note']}[/yellow]" if r["note"] else ""), overflow="fold")
+        for cl in CLAIMS:
+            t.add_row(f"{cl.id}. {SHORT[cl.id]}", *[body(r, cl) for r in runs])
     c.print(t)
     c.print("statistics: " + "; ".join(f"{cl.id}. {cl.statistic} (rule: {cl.rule})" for cl in CLAIMS), style="dim")
+    for r in runs:  # a verdict reached without an interval: say why, the table cell cannot
+        for x in r["claims"]:
+            if x["verdict"] == "inconclusive" and x.get("low") is None and x.get("value") is not None:
+                c.print(f"{r['label']}, claim {x['id']}: {x.get('reason', '')}")
     for n in got["notes"]:
         c.print(f"[yellow]warning: {n}[/yellow]")
-
 
 def _ranks_within(values, groups) -> np.ndarray:
     """Percentile rank (0–100 %) of each value within its group (layer); NaN stays NaN."""

@@ -274,6 +274,13 @@ def test_compare_two_models_one_table_two_rows(two_stores, capsys, tmp_path):
     assert body.count("├") == 1  # two rows, one separator
     assert "test_resnet" in body and "test_convnext" in body
     assert "warning: the runs differ in calibration size" in text
+    narrow = Console(record=True, width=100)  # too narrow for a column per claim: a row per claim instead
+    render(collect(two_stores), narrow)
+    text = narrow.export_text()
+    assert text.count("┏") == 1 and "a row per claim at" in text
+    body = text[text.index("┡"):text.index("└")]
+    assert body.count("├") == 7 and "8. magnitude competitive" in body  # eight claim rows
+    assert max(len(line) for line in text.splitlines()) <= 100
     from chanaxis.comparison import figures
     written = figures(two_stores, tmp_path)  # no pruning in these runs: the planes only
     assert [p.name for p in written] == ["compare_planes.png"]
