@@ -29,6 +29,8 @@ HULL_MARGIN_MIN = 0.0           # hull score strongest: its |within-bin ρ| exce
 LOCAL_MINUS_TARGET_MIN = 0.0    # ordinal: best local AUC − best target AUC > 0 in AUC points (METHOD §7)
 MAGNITUDE_GAP_MAX = 2.0         # "competitive": magnitude within 2 AUC points (accuracy %) of the best local score
                                 # (chosen; about the seed-to-seed spread of AUCs METHOD §7's protocol reports)
+INERT_LOSS_NATS = 1e-4          # a lesion that moves the mean evaluation loss less than this changed nothing (chosen)
+INERT_SHARE_MAX = 0.5           # more than half the lesions inert: their damage ranks are noise (chosen)
 N_BOOT = 2000                   # bootstrap resamples of layers; percentile 95 % intervals
 MIN_RESAMPLED = 3               # fewer layers than this: no interval (a bootstrap of 1–2 values means nothing)
 BOOT_SEED = 0
@@ -368,12 +370,33 @@ def m_triplets(tree) -> Measured:
     return depth_trend(s["s3_s2"].values, depth)
 
 
+def lesion_inert(damage_loss, damage_acc) -> str:
+    """'' unless more than INERT_SHARE_MAX of the lesions changed neither the evaluation accuracy nor the mean loss
+    by INERT_LOSS_NATS: then a sentence saying so. Ranking channels by such damages ranks noise."""
+    loss, acc = np.asarray(damage_loss, np.float64), np.asarray(damage_acc, np.float64)
+    ok = np.isfinite(loss)
+    if not ok.any():
+        return ""
+    inert = (np.abs(loss[ok]) < INERT_LOSS_NATS) & (np.nan_to_num(acc[ok]) == 0)
+    share = float(inert.mean())
+    if share <= INERT_SHARE_MAX:
+        return ""
+    return (f"{share * 100:.0f} % of the {int(ok.sum())} lesions changed neither the evaluation accuracy nor the mean "
+            f"loss by {INERT_LOSS_NATS:g} nats: those channels barely reach the output (e.g. residual branches scaled "
+            "by a small layer scale), and their damage ranks are noise")
+
+
 def m_lesion(tree) -> Measured:
     if not _has(tree, "lesion") or not _has(tree, "lesion/predictors"):
         return Measured(missing="the lesion stage was not run")
     p = _ds(tree, "lesion/predictors")
-    return hull_margin(p["within_bin"].values, [str(m) for m in p["metric"].values], p["n_units"].values,
-                       int(p.attrs.get("n_bins", 5)))
+    m = hull_margin(p["within_bin"].values, [str(m) for m in p["metric"].values], p["n_units"].values,
+                    int(p.attrs.get("n_bins", 5)))
+    les = _ds(tree, "lesion")
+    inert = lesion_inert(les["damage_loss"].values, les["damage_acc"].values) if "damage_loss" in les else ""
+    if inert and not m.missing:  # predictors of noise: never a verdict
+        m.force = ("inconclusive", inert)
+    return m
 
 
 def pruning_inert(ds) -> str:

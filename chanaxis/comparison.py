@@ -177,9 +177,10 @@ def render(got: dict, console=None) -> None:
             t.add_row(f"{cl.id}. {SHORT[cl.id]}", *[body(r, cl) for r in runs])
     c.print(t)
     c.print("statistics: " + "; ".join(f"{cl.id}. {cl.statistic} (rule: {cl.rule})" for cl in CLAIMS), style="dim")
-    for r in runs:  # a verdict reached without an interval: say why, the table cell cannot
+    for r in runs:  # inconclusive for another reason than an interval crossing the line: say why (no cell can)
         for x in r["claims"]:
-            if x["verdict"] == "inconclusive" and x.get("low") is None and x.get("value") is not None:
+            if x["verdict"] == "inconclusive" and x.get("value") is not None \
+                    and not str(x.get("reason", "")).startswith("the interval"):
                 c.print(f"{r['label']}, claim {x['id']}: {x.get('reason', '')}")
     for n in got["notes"]:
         c.print(f"[yellow]warning: {n}[/yellow]")

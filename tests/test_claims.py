@@ -216,6 +216,18 @@ def test_pruning_that_changes_no_prediction_is_flagged_never_a_verdict():
     assert judge(CLAIMS[6], claims.pruning_contrast(ds, "best_local-best_target"))["verdict"] == "reproduced"
 
 
+def test_lesions_that_change_nothing_are_flagged():
+    rng = np.random.default_rng(5)
+    loss = rng.uniform(0.001, 0.1, 100)  # every lesion moves the loss: no warning
+    acc = np.zeros(100)
+    assert claims.lesion_inert(loss, acc) == ""
+    loss[:60] = rng.uniform(-5e-5, 5e-5, 60)  # 60 % move it by less than INERT_LOSS_NATS and no accuracy
+    msg = claims.lesion_inert(loss, acc)
+    assert msg.startswith("60 % of the 100 lesions changed neither")
+    acc[:20] = 0.25  # 20 of those change the accuracy: 40 % inert, under the line
+    assert claims.lesion_inert(loss, acc) == ""
+
+
 # ---- (b), (c) on tiny stores ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_stores(tmp_path_factory):

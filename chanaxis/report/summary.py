@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..claims import N_BOOT, nanmean, bin_weights, bootstrap_columns, fisher_pooled, pruning_inert
+from ..claims import N_BOOT, bin_weights, bootstrap_columns, fisher_pooled, lesion_inert, nanmean, pruning_inert
 from ..claims import evaluate as evaluate_claims
 from ..store import open_run
 
@@ -146,6 +146,7 @@ def lesion_summary(ds, pred=None) -> dict:
     res: dict = {"units": int(ds.sizes.get("unit", 0)),
                  "damage_loss_mean_nats": _f(np.nanmean(ds["damage_loss"].values)),
                  "damage_acc_mean_pct": _f(np.nanmean(ds["damage_acc"].values))}
+    res["inert"] = lesion_inert(ds["damage_loss"].values, ds["damage_acc"].values)
     for v in ("recovery", "recovery_top8", "recovery_mean_ablation", "recovery_random_peer"):
         if v in ds:
             res[f"{v}_median"] = _f(np.nanmedian(ds[v].values))

@@ -148,6 +148,8 @@ def _lesion(c, les: dict) -> None:
     parts = [f"{les['units']} lesions, mean damage {_n(les.get('damage_loss_mean_nats'), '{:.4f}', ' nats')} "
              f"({_n(les.get('damage_acc_mean_pct'), '{:+.2f}', ' % accuracy')})"]
     c.print(parts[0])
+    if les.get("inert"):
+        c.print(f"[bold yellow]warning: {les['inert']}.[/bold yellow]")
     rec = []
     for k, label in (("recovery_median", "hull peers"), ("recovery_top8_median", "top-8 peers"),
                      ("recovery_mean_ablation_median", "mean ablation (control)"),
