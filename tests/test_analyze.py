@@ -11,24 +11,12 @@ import chanaxis
 from chanaxis.errors import ChanaxisError
 from chanaxis.study import analyze
 
-TINY = {
-    "train": {"epochs": 2, "checkpoints": "0,1,2", "train_subset": 256, "eval_subset": 128},
-    "capture": {"n_calibration": 64},
-    "metrics": {"n_null": 1, "n_perm": 20, "n_triplets": 100, "geometry_images": 32},
-    "trajectory": {"n_calibration": 32},
-    "lesion": {"fraction": 0.1, "eval_images": 64},
-    "prune": {"methods": ["input_capture", "task_info", "magnitude", "random"], "levels": [0.3, 0.6],
-              "finetune_epochs": 1, "finetune_batches": 2, "seeds": [42, 123], "eval_images": 64,
-              "n_resamples": 500},
-}
+from conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("study") / "s"
-    summary = analyze("test_resnet", "synthetic", out, preset="quick", overrides=TINY, progress=False,
-                      estimate=False)
-    return out, summary
+def study(tiny_study):
+    return tiny_study
 
 
 def test_every_stage_writes_its_node(study):

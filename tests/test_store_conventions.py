@@ -18,16 +18,12 @@ import zarr
 import chanaxis
 from chanaxis import conventions, store
 from chanaxis import stage as S
-from chanaxis.study import analyze
-from test_analyze import TINY
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The tiny study of test_analyze (every stage), ~1–2 min."""
-    out = tmp_path_factory.mktemp("conv") / "s"
-    analyze("test_resnet", "synthetic", out, preset="quick", overrides=TINY, progress=False, estimate=False)
-    return out
+def study(tiny_study):
+    """The tiny study of every stage (conftest; shared with test_analyze)."""
+    return tiny_study[0]
 
 
 def _stores(out):
