@@ -109,14 +109,16 @@ def test_lesion_and_prune_bars_end_at_their_totals(small_run, shown):
     chans = chanaxis.open_run(run)["lesion"].sizes["unit"]
     assert f.total == chans  # one variant per lesioned channel (no replacements)
     assert f.completed == f.total
-    pp = {"methods": ["magnitude", "random"], "levels": [0.3, 0.6], "seeds": [42], "finetune_epochs": 1,
-          "finetune_batches": 2, "eval_images": 8, "batch_size": 8, "n_resamples": 20}
+    pp = {"methods": ["magnitude", "random", "taylor"], "levels": [0.3, 0.6], "seeds": [42], "finetune_epochs": 1,
+          "finetune_batches": 2, "eval_images": 8, "batch_size": 8, "n_resamples": 20, "taylor_images": 12}
     with record() as finals:
         prune(run, model=model, loader_workers=0, **pp)
     [f] = [f for f in finals if f.description == "prune"]
-    assert f.total == pytest.approx(2 * 2 * 1)  # cells = methods × levels × seeds (one-shot and fine-tune each)
+    assert f.total == pytest.approx(3 * 2 * 1)  # cells = methods × levels × seeds (one-shot and fine-tune each)
     assert f.completed == f.total
-    assert "4/4" in shown.getvalue()
+    assert "6/6" in shown.getvalue()
+    [t] = [f for f in finals if f.description == "taylor scores"]  # the gradient pass before the cells
+    assert t.total == 12 and t.completed == 12
     assert LesionStage(**lp).done(run) and PruneStage(**pp).done(run)
 
 

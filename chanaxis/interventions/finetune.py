@@ -13,8 +13,10 @@ from ..data.loader import item_seeds
 from .masks import Effective, PrunedZeros
 
 
-def taylor_scores(model, x: torch.Tensor, y: torch.Tensor, layers: list[str], batch_size: int = 128) -> dict:
-    """Σ|w ⊙ ∂L/∂w| per output channel, L the mean cross-entropy over the images (one accumulated gradient)."""
+def taylor_scores(model, x: torch.Tensor, y: torch.Tensor, layers: list[str], batch_size: int = 128,
+                  step=None) -> dict:
+    """Σ|w ⊙ ∂L/∂w| per output channel, L the mean cross-entropy over the images (one accumulated gradient);
+    `step(n)` (optional) is told the images of each batch done."""
     require(model, "gradients", what="the taylor score (--methods taylor, --allocation taylor_hybrid)")
     net = model.module
     mods = dict(net.named_modules())
@@ -23,6 +25,8 @@ def taylor_scores(model, x: torch.Tensor, y: torch.Tensor, layers: list[str], ba
         logits, _ = model.run(x[lo:lo + batch_size], grad=True)
         loss = F.cross_entropy(logits, y[lo:lo + batch_size].to(logits.device), reduction="sum") / len(x)
         loss.backward()
+        if step is not None:
+            step(len(x[lo:lo + batch_size]))
     out = {}
     for name in layers:
         w = mods[name].weight

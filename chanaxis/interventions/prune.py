@@ -23,6 +23,7 @@ from ..capabilities import require
 from ..errors import ChanaxisError
 from ..evaluation import evaluate_images, model_forward, module_forward, tensor_batches
 from ..params import Params, param
+from ..progress import progress_bar
 from ..stage import Context, Stage, Unit, api, run_stage
 from . import curves
 from . import scores as sc
@@ -119,7 +120,9 @@ class PruneStage(Stage):
         if self._needs_taylor(config) and not bool(pg.attrs.get("taylor_done")):
             tx, ty = _calibration_images(run, p.taylor_images)
             names = _unique(layer_of)
-            t = taylor_scores(model, tx, ty, names, p.batch_size)
+            with progress_bar(ctx.progress) as bar:  # a gradient pass over the calibration images
+                task = bar.add_task("taylor scores", total=len(tx))
+                t = taylor_scores(model, tx, ty, names, p.batch_size, step=lambda n: bar.update(task, advance=n))
             pg["taylor"][:] = np.concatenate([t[n] for n in names])
             pg.attrs["taylor_done"] = True
         store.set_status(grp, self.status_key, "running")
