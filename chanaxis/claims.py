@@ -292,11 +292,8 @@ def hull_margin(within_bin, metrics: list[str], n_units, n_bins: int = 5, value=
     wb = np.asarray(within_bin, np.float64)
     w = bin_weights(n_units, n_bins)
 
-    def pooled(idx):
-        return fisher_pooled(wb, w, idx)
-
     def stat(idx):
-        p = np.abs(pooled(idx))
+        p = np.abs(fisher_pooled(wb, w, idx))
         if not np.isfinite(p[h]) or not np.isfinite(p[others]).any():
             return np.nan
         return p[h] - np.nanmax(p[others])
@@ -305,7 +302,7 @@ def hull_margin(within_bin, metrics: list[str], n_units, n_bins: int = 5, value=
     if len(layers) == 0:
         return Measured(missing="no layer has enough lesions per I(T;Y) bin for a within-bin ρ")
     point = stat(np.arange(len(w)))
-    p = np.abs(pooled(np.arange(len(w))))
+    p = np.abs(fisher_pooled(wb, w, np.arange(len(w))))
     rival = metrics[others[int(np.nanargmax(p[others]))]]
     lo, hi = bootstrap(lambda i: stat(layers[i]), len(layers))
     return Measured(point, lo, hi, f"layers with within-bin ρ ({len(layers)}), Fisher-weighted, {N_BOOT} resamples",

@@ -15,7 +15,9 @@ import xarray as xr
 
 from .claims import CLAIMS, SHORT
 from .errors import ChanaxisError
+from .estimators.ranks import percentile_ranks
 from .report.summary import summarize
+from .report.terminal import VERDICT_STYLE, band
 from .store import open_run
 from .study import resolve_store
 
@@ -127,9 +129,7 @@ def cell(x: dict) -> str:
     """'value\n[low, high]\n' in two decimals; no interval line where there is none (never a zero-width CI)."""
     if x.get("value") is None:
         return ""
-    lo, hi = x.get("low"), x.get("high")
-    band = f"[{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None and hi > lo else "(no interval)"
-    return f"{x['value']:+.2f}\n{band}\n"
+    return f"{x['value']:+.2f}\n{band((x.get('low'), x.get('high'))).strip() or '(no interval)'}\n"
 
 
 PAPER_LAYOUT_MIN_WIDTH = 120   # a row per run needs ~13 columns per claim; narrower terminals get claims as rows
@@ -142,7 +142,6 @@ def render(got: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .report.terminal import VERDICT_STYLE
     c = console or Console()
     runs = got["runs"]
     mixed = any(r["note"] for r in runs)
@@ -151,8 +150,10 @@ def render(got: dict, console=None) -> None:
         acc = "—" if r["accuracy_pct"] is None else f"{r['accuracy_pct']:.1f} %"
         return f"{r['model']}\n{r['dataset']} · {r['preset']}\n{acc} [dim]({r['accuracy_on']})[/dim]"
 
-    def body(r, cl):
-        x = {y["id"]: y for y in r["claims"]}.get(cl.id)
+    by_id = [{y["id"]: y for y in r["claims"]} for r in runs]
+
+    def body(k, cl):
+        x = by_id[k].get(cl.id)
         if x is None:
             return "—"
         return f"{cell(x)}[{VERDICT_STYLE.get(x['verdict'], '')}]{x['verdict']}[/]"
@@ -165,8 +166,8 @@ def render(got: dict, console=None) -> None:
             t.add_column(f"{cl.id}. {SHORT[cl.id]}", overflow="fold")
         if mixed:
             t.add_column("note", overflow="fold")
-        for r in runs:
-            t.add_row(head(r), *[body(r, cl) for cl in CLAIMS], *([r["note"]] if mixed else []))
+        for k, r in enumerate(runs):
+            t.add_row(head(r), *[body(k, cl) for cl in CLAIMS], *([r["note"]] if mixed else []))
     else:
         t = Table(title=title + f" (a row per claim at this width; {PAPER_LAYOUT_MIN_WIDTH}+ columns show the "
                   "paper's layout, a row per run)", show_lines=True)
@@ -174,7 +175,7 @@ def render(got: dict, console=None) -> None:
         for r in runs:
             t.add_column(head(r) + (f"\n[yellow]{r['note']}[/yellow]" if r["note"] else ""), overflow="fold")
         for cl in CLAIMS:
-            t.add_row(f"{cl.id}. {SHORT[cl.id]}", *[body(r, cl) for r in runs])
+            t.add_row(f"{cl.id}. {SHORT[cl.id]}", *[body(k, cl) for k in range(len(runs))])
     c.print(t)
     c.print("statistics: " + "; ".join(f"{cl.id}. {cl.statistic} (rule: {cl.rule})" for cl in CLAIMS), style="dim")
     for r in runs:  # inconclusive for another reason than an interval crossing the line: say why (no cell can)
@@ -186,29 +187,27 @@ def render(got: dict, console=None) -> None:
         c.print(f"[yellow]warning: {n}[/yellow]")
 
 def _ranks_within(values, groups) -> np.ndarray:
-    """Percentile rank (0–100 %) of each value within its group (layer); NaN stays NaN."""
-    from scipy.stats import rankdata
+    """Percentile rank (%) of each value within its group (layer); NaN stays NaN."""
     out = np.full(len(values), np.nan)
     for g in np.unique(groups):
-        sel = (groups == g) & np.isfinite(values)
-        if sel.sum() > 1:
-            out[sel] = (rankdata(values[sel]) - 1) / (sel.sum() - 1) * 100
+        sel = groups == g
+        out[sel] = 100 * percentile_ranks(values[sel])
     return out
 
 
-def figures(paths, out_dir) -> list[Path]:
+def figures(paths, out_dir, got: dict | None = None) -> list[Path]:
     """The runs side by side, written to `out_dir`: `compare_planes.png` (a row per run: every channel's I_X against
     I(T;Y) in nats, coloured by relative depth, and the same as within-layer percentile ranks, the scale the
     alignment claims use) and `compare_pruning.png` (a column per run, a row per regime: accuracy (%) against MACs
-    removed (%), the axes shared so the runs read side by side). Returns the paths written."""
+    removed (%), the axes shared so the runs read side by side). `got`: `collect(paths)` when the caller has it
+    already. Returns the paths written."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .locations import location
-    from .report.figures import save_figure
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    got = collect(paths)
+    from .report.figures import method_curve, save_figure
+    got = got or collect(paths)
     out_dir = location(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trees = [open_run(r["store"]) for r in got["runs"]]
@@ -222,8 +221,7 @@ def figures(paths, out_dir) -> list[Path]:
         for (r, m), row in zip(with_metrics, axes):
             ix, it = m["input_capture"].values, m["task_info"].values
             layer = np.asarray([str(x) for x in m["layer"].values])
-            order = {n: k for k, n in enumerate(dict.fromkeys(layer))}
-            depth = np.array([order[n] for n in layer], np.float64) / max(len(order) - 1, 1)
+            depth = m["depth"].values / max(int(m["depth"].values.max()), 1)  # the layer's position, 0 = first
             sc = row[0].scatter(ix, it, c=depth, cmap="viridis", s=4, alpha=0.6, vmin=0, vmax=1)
             row[0].set_xlabel("I_X (nats)")
             row[0].set_ylabel("I(T;Y) (nats)")
@@ -254,12 +252,8 @@ def figures(paths, out_dir) -> list[Path]:
                     ax.set_title(f"{r['label']}: no {var.replace('acc_', '')} pruning", fontsize=8)
                     continue
                 for k, method in enumerate(p["method"].values):
-                    a, mr = p[var].isel({"method": k}), p["macs_retained_pct"].isel({"method": k})
-                    a = a.mean("seed") if "seed" in a.dims else a
-                    mr = mr.mean("seed") if "seed" in mr.dims else mr
-                    order_ = np.argsort(-mr.values)
-                    ax.plot(np.r_[0.0, 100.0 - mr.values[order_]], np.r_[float(p["base_accuracy"]),
-                            a.values[order_]], marker="o", ms=3, color=colour[str(method)], label=str(method))
+                    retained, acc = method_curve(p, var, k)
+                    ax.plot(100.0 - retained, acc, marker="o", ms=3, color=colour[str(method)], label=str(method))
                 ax.set_title(f"{r['label']}\n{var.replace('acc_', '')}, base {float(p['base_accuracy']):.1f} %",
                              fontsize=8)
                 if i == len(regimes) - 1:

@@ -21,7 +21,7 @@ def run(a) -> None:
 
     from chanaxis.comparison import collect, figures, render
     got = collect(a.runs)
-    written = figures(a.runs, a.figures) if a.figures else []
+    written = figures(a.runs, a.figures, got) if a.figures else []
     if a.json:
         got["figures"] = [str(p) for p in written]
         sys.stdout.write(json.dumps(got, indent=2, default=str, ensure_ascii=False) + "\n")

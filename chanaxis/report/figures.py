@@ -68,24 +68,25 @@ def spearman_matrix(s, out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def method_curve(p, var: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pruning node `p`'s curve of method number `i` in regime `var` (acc_oneshot / acc_finetuned), mean over
+    seeds: MACs retained (%) from 100 down and accuracy (%) from the unpruned model's."""
+    # by position: `.sel(method=...)` would be taken as sel's own `method=` (inexact matching) argument
+    a, mr = p[var].isel({"method": i}), p["macs_retained_pct"].isel({"method": i})
+    a = a.mean("seed") if "seed" in a.dims else a
+    mr = mr.mean("seed") if "seed" in mr.dims else mr
+    order = np.argsort(-mr.values)
+    return np.r_[100.0, mr.values[order]], np.r_[float(p["base_accuracy"]), a.values[order]]
+
+
 def pruning_curves(p, out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
     for ax, var in zip(axes.flat, ("acc_oneshot", "acc_finetuned")):
         if var not in p:
             ax.axis("off")
             continue
-        acc = p[var]
-        macs = p["macs_retained_pct"]
         for i, method in enumerate(p["method"].values):
-            # by position: `.sel(method=...)` would be taken as sel's own `method=` (inexact matching) argument
-            a, mr = acc.isel({"method": i}), macs.isel({"method": i})
-            if "seed" in a.dims:
-                a = a.mean("seed")
-            if "seed" in mr.dims:
-                mr = mr.mean("seed")
-            order = np.argsort(-mr.values)
-            ax.plot(np.r_[100.0, mr.values[order]], np.r_[float(p["base_accuracy"]), a.values[order]], marker="o",
-                    ms=3, label=str(method))
+            ax.plot(*method_curve(p, var, i), marker="o", ms=3, label=str(method))
         ax.set_xlabel("MACs retained (%)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(var.replace("acc_", "accuracy, "))

@@ -4,6 +4,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ..claims import has_interval
+
 
 def _n(x, fmt="{:+.2f}", unit=""):
     return "—" if x is None else fmt.format(x) + unit
@@ -94,11 +96,7 @@ def interval_text(row: dict) -> str:
     """'value [low, high]', or 'value (no interval)': a zero-width or missing interval is never printed as a CI."""
     if row.get("value") is None:
         return "—"
-    v = f"{row['value']:+.3g}"
-    lo, hi = row.get("low"), row.get("high")
-    if lo is None or hi is None or not hi > lo:
-        return f"{v} (no interval)"
-    return f"{v} [{lo:+.3g}, {hi:+.3g}]"
+    return f"{row['value']:+.3g}" + (band((row.get("low"), row.get("high")), "{:+.3g}") or " (no interval)")
 
 
 def claims_table(c, rows: list[dict]) -> None:
@@ -122,7 +120,7 @@ def claims_table(c, rows: list[dict]) -> None:
 
 def band(iv, fmt="{:+.2f}") -> str:
     """' [low, high]' for a 95 % interval; '' where there is none (never a zero-width interval shown as one)."""
-    if not iv or iv[0] is None or iv[1] is None or not iv[1] > iv[0]:
+    if not iv or not has_interval(*iv):
         return ""
     return f" [{fmt.format(iv[0])}, {fmt.format(iv[1])}]"
 
